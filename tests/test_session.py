@@ -1,0 +1,363 @@
+"""The sans-I/O session, driven deterministically: no socket, no model, no threads.
+
+The VAD here is a stand-in that calls a window speech when its level is high, so every
+boundary is known to the sample; tests/test_vad.py and the end-to-end tests use the real one.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from whisperwire.engine import ModelInfo, Result, SegmentResult, Word
+from whisperwire.protocol import CloseCode, ErrorCode, ErrorMessage, SessionLimits, Transcription
+from whisperwire.session import (
+    CloseConnection,
+    InferenceRequest,
+    RunInference,
+    SendMessage,
+    Session,
+    State,
+)
+
+RATE = 16_000
+WINDOW = 512
+ENGLISH = ModelInfo(name="tiny.en", multilingual=False, languages=frozenset({"en"}))
+MULTI = ModelInfo(name="base", multilingual=True, languages=frozenset({"en", "de", "fr"}))
+
+
+class LevelVAD:
+    """Speech probability from the window's peak level: 0.95 loud, 0.02 quiet, 0.4 in between."""
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        peaks = np.abs(audio.reshape(-1, WINDOW)).max(axis=1)
+        return np.where(peaks > 0.2, 0.95, np.where(peaks > 0.05, 0.4, 0.02)).astype(np.float32)
+
+
+def make_session(model: ModelInfo = ENGLISH, limits: SessionLimits = SessionLimits(), **metadata: object) -> Session:
+    session = Session(
+        "sess-1",
+        model=model,
+        count_tokens=lambda text: len(text.split()),
+        new_vad=LevelVAD,
+        limits=limits,
+        now=0.0,
+    )
+    if metadata is not None:
+        assert session.receive_text(json.dumps(metadata), now=0.0) == []
+    return session
+
+
+def speech(seconds: float, level: float = 0.5) -> np.ndarray:
+    t = np.arange(int(seconds * RATE)) / RATE
+    return (level * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * RATE), dtype=np.float32)
+
+
+def pcm(audio: np.ndarray) -> bytes:
+    return (audio * 32767).astype("<i2").tobytes()
+
+
+def feed(session: Session, audio: np.ndarray, frame_ms: int = 20) -> list:
+    data, step, events = pcm(audio), RATE * frame_ms // 1000 * 2, []
+    for i in range(0, len(data), step):
+        events += session.receive_bytes(data[i : i + step], now=0.0)
+    return events
+
+
+def requests(events: list, kind: str | None = None) -> list[InferenceRequest]:
+    found = [e.request for e in events if isinstance(e, RunInference)]
+    return [r for r in found if kind is None or r.kind == kind]
+
+
+def messages(events: list) -> list:
+    return [e.message for e in events if isinstance(e, SendMessage)]
+
+
+def closes(events: list) -> list[CloseConnection]:
+    return [e for e in events if isinstance(e, CloseConnection)]
+
+
+def result(text: str, start: float = 0.0, end: float = 1.0, words: bool = False) -> Result:
+    if not text:
+        return Result(segments=(), language="en", language_prob=None)
+    word_list = tuple(Word(w, start + i * 0.1, start + i * 0.1 + 0.1, 0.9) for i, w in enumerate(text.split()))
+    segment = SegmentResult(
+        text=" " + text,
+        start=start,
+        end=end,
+        avg_logprob=-0.2,
+        n_tokens=len(text.split()),
+        no_speech_prob=0.01,
+        compression_ratio=1.2,
+        words=word_list if words else None,
+    )
+    return Result(segments=(segment,), language="en", language_prob=None)
+
+
+# --------------------------------------------------------------------------- start and errors
+
+
+def test_binary_before_metadata_is_refused_with_1003() -> None:
+    session = Session("s", model=ENGLISH, count_tokens=len, new_vad=LevelVAD)
+    events = session.receive_bytes(b"\x00\x00", now=0.0)
+    [error] = messages(events)
+    assert isinstance(error, ErrorMessage) and error.error.code is ErrorCode.BINARY_BEFORE_METADATA
+    assert closes(events)[0].code == CloseCode.UNSUPPORTED_DATA
+    assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [
+        ("not json", None),
+        ("[1, 2]", None),
+        ('{"streaming_params": {"sample_rate": 4000}}', "streaming_params.sample_rate"),
+        ('{"streaming_params": {"encodng": "pcm_s16le"}}', "streaming_params.encodng"),
+        ('{"whisper_params": {"audio_language": "de"}}', "whisper_params.audio_language"),
+        ('{"whisper_params": {"prompt": "' + "word " * 300 + '"}}', "whisper_params.prompt"),
+    ],
+)
+def test_bad_metadata_gets_invalid_metadata_and_1007(metadata: str, field: str | None) -> None:
+    session = Session("s", model=ENGLISH, count_tokens=lambda t: len(t.split()), new_vad=LevelVAD)
+    events = session.receive_text(metadata, now=0.0)
+    [error] = messages(events)
+    assert error.error.code is ErrorCode.INVALID_METADATA
+    assert error.error.field == field
+    assert closes(events)[0].code == CloseCode.INVALID_PAYLOAD
+
+
+def test_multilingual_model_accepts_german() -> None:
+    session = make_session(MULTI, whisper_params={"audio_language": "de"})
+    assert session.state is State.STREAMING
+
+
+def test_unknown_control_keeps_the_session_open() -> None:
+    session = make_session()
+    events = session.receive_text('{"type": "flush"}', now=1.0)
+    [error] = messages(events)
+    assert error.error.code is ErrorCode.UNKNOWN_CONTROL
+    assert closes(events) == [] and session.state is State.STREAMING
+
+
+def test_metadata_timeout_and_idle_timeout_close_with_1008() -> None:
+    limits = SessionLimits(metadata_timeout_s=10, idle_timeout_s=60)
+    waiting = Session("s", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, limits=limits, now=5.0)
+    assert waiting.deadline() == 15.0
+    assert waiting.timeout(14.9) == []
+    events = waiting.timeout(15.0)
+    assert messages(events)[0].error.code is ErrorCode.METADATA_TIMEOUT
+    assert closes(events)[0].code == CloseCode.POLICY_VIOLATION
+
+    idle = make_session(limits=limits)
+    idle.receive_bytes(pcm(silence(0.1)), now=30.0)
+    assert idle.deadline() == 90.0
+    events = idle.timeout(90.0)
+    assert messages(events)[0].error.code is ErrorCode.IDLE_TIMEOUT
+    assert closes(events)[0].code == CloseCode.POLICY_VIOLATION
+
+
+def test_nan_in_float_audio_is_invalid_audio() -> None:
+    session = make_session(streaming_params={"encoding": "pcm_f32le"})
+    events = session.receive_bytes(np.array([0.1, np.nan], dtype="<f4").tobytes(), now=0.0)
+    assert messages(events)[0].error.code is ErrorCode.INVALID_AUDIO
+    assert closes(events)[0].code == CloseCode.INVALID_PAYLOAD
+
+
+# --------------------------------------------------------------------------- utterances
+
+
+def test_speech_then_silence_asks_for_one_final_of_exactly_the_padded_speech() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 300, "speech_pad_ms": 30})
+    events = feed(session, np.concatenate([silence(1.024), speech(2.048), silence(1.0)]))
+    [final] = requests(events)
+    assert final.kind == "final" and final.transcription_num == 0
+    pad = 30 * RATE // 1000
+    assert final.offset_s == pytest.approx((1.024 * RATE - pad) / RATE)
+    assert len(final.audio) == 2.048 * RATE + 2 * pad
+    # The final is asked for once the silence window has passed, not before.
+    early = make_session()
+    assert requests(feed(early, np.concatenate([speech(1.0), silence(0.25)]))) == []
+
+
+def test_utterances_separated_by_silence_are_numbered_and_do_not_overlap() -> None:
+    session = make_session(streaming_vad_config={"speech_pad_ms": 300, "min_silence_duration_ms": 200})
+    audio = np.concatenate([speech(1.0), silence(0.5), speech(1.0), silence(0.5), speech(1.0), silence(1.0)])
+    finals = requests(feed(session, audio))
+    assert [r.transcription_num for r in finals] == [0, 1, 2]
+    spans = [(r.offset_s, r.offset_s + len(r.audio) / RATE) for r in finals]
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end
+    for span, expected_start in zip(spans, (0.0, 1.5, 3.0)):
+        assert span[0] <= expected_start + 0.04 and span[1] >= expected_start + 1.0
+
+
+def test_between_thresholds_neither_starts_nor_ends_speech() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 300})
+    quiet_but_not_silent = speech(1.0, level=0.1)  # probability 0.4: under 0.5, over 0.35
+    assert requests(feed(session, quiet_but_not_silent)) == []
+    events = feed(session, np.concatenate([speech(0.5), quiet_but_not_silent]))
+    assert requests(events) == []  # 0.4 is above threshold - 0.15: the utterance goes on
+    assert len(requests(feed(session, silence(0.5)))) == 1
+
+
+def test_final_results_are_sent_in_order_and_empty_ones_skipped() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 100})
+    finals = requests(feed(session, np.concatenate([speech(0.5), silence(0.3), speech(0.5), silence(0.3), speech(0.5), silence(0.3)])))
+    first, second, third = finals
+    assert messages(session.inference_done(third, result("three"))) == []
+    assert messages(session.inference_done(second, result(""))) == []
+    sent = messages(session.inference_done(first, result("one")))
+    assert [(m.transcription_num, m.transcript, m.is_final) for m in sent] == [(0, "one", True), (2, "three", True)]
+
+
+def test_message_times_are_seconds_from_stream_start() -> None:
+    session = make_session(whisper_params={"show_word_timestamps": True})
+    [final] = requests(feed(session, np.concatenate([silence(2.0), speech(1.0), silence(0.5)])))
+    [message] = messages(session.inference_done(final, result("hello there", start=0.1, end=0.9, words=True)))
+    segment = message.segments[0]
+    assert segment.start_time == pytest.approx(final.offset_s + 0.1, abs=1e-3)
+    assert segment.end_time == pytest.approx(final.offset_s + 0.9, abs=1e-3)
+    assert [w.word for w in segment.word_timestamps] == ["hello", "there"]
+    assert message.confidence == pytest.approx(np.exp(-0.2))
+    payload = json.loads(message.model_dump_json())
+    assert set(payload) == {"type", "transcription_num", "is_final", "transcript", "confidence", "language_code", "language_prob", "segments"}
+    assert "word_timestamps" in payload["segments"][0]
+
+
+def test_word_timestamps_key_is_absent_unless_asked() -> None:
+    session = make_session()
+    [final] = requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))
+    [message] = messages(session.inference_done(final, result("hi")))
+    assert "word_timestamps" not in json.loads(message.model_dump_json())["segments"][0]
+
+
+# --------------------------------------------------------------------------- partials
+
+
+def test_partials_come_every_interval_of_speech_and_never_after_the_final() -> None:
+    session = make_session(streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5})
+    events = feed(session, speech(2.1))
+    partials = requests(events, "partial")
+    assert [round(len(p.audio) / RATE, 1) for p in partials] == [0.5, 1.0, 1.5, 2.0]
+    sent = messages(session.inference_done(partials[-1], result("so far")))
+    assert [(m.is_final, m.transcript) for m in sent] == [(False, "so far")]
+    [final] = requests(feed(session, silence(0.5)))
+    late = session.inference_done(partials[-2], result("stale"))
+    assert messages(late) == []
+    [done] = messages(session.inference_done(final, result("")))
+    # A number seen in a partial always gets its final, even an empty one.
+    assert (done.transcription_num, done.is_final, done.transcript) == (0, True, "")
+
+
+def test_no_partials_unless_enabled_or_during_silence() -> None:
+    assert requests(feed(make_session(), speech(2.0)), "partial") == []
+    session = make_session(
+        streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.1},
+        streaming_vad_config={"min_silence_duration_ms": 2000},
+    )
+    feed(session, speech(0.512))  # whole windows: the first silent window is all silence
+    assert requests(feed(session, silence(1.5)), "partial") == []
+
+
+# --------------------------------------------------------------------------- long speech and control
+
+
+def test_forty_seconds_of_speech_give_a_final_at_the_limit_and_one_after() -> None:
+    session = make_session()
+    audio = speech(40.0)
+    dip = int(29.0 * RATE) // WINDOW * WINDOW  # a quieter window, where the cut should go
+    audio[dip : dip + WINDOW] *= 0.2
+    events = feed(session, audio)
+    [first] = requests(events)
+    assert first.offset_s == 0.0
+    assert len(first.audio) == dip  # cut at the quiet window, inside the last 2 s before 30 s
+    events = session.receive_text('{"terminate_session": true}', now=1.0)
+    [second] = requests(events)
+    assert second.transcription_num == 1
+    assert second.offset_s == pytest.approx(dip / RATE)
+    assert second.offset_s + len(second.audio) / RATE == pytest.approx(40.0, abs=0.01)
+
+
+def test_max_duration_setting_is_honoured() -> None:
+    session = make_session(streaming_params={"final_transcript_max_duration_s": 5})
+    finals = requests(feed(session, speech(12.0)))
+    assert len(finals) == 2
+    assert all(3.0 <= len(f.audio) / RATE <= 5.0 for f in finals)
+
+
+def test_finalize_ends_the_utterance_now_and_the_session_goes_on() -> None:
+    session = make_session()
+    feed(session, speech(1.0))
+    [final] = requests(session.receive_text("finalize", now=1.0))
+    assert len(final.audio) == RATE
+    assert session.state is State.STREAMING
+    [next_final] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
+    assert next_final.transcription_num == 1
+
+
+def test_terminate_flushes_speech_then_closes_1000_after_its_final() -> None:
+    session = make_session()
+    feed(session, speech(1.0))
+    events = session.receive_text('{"type": "terminate"}', now=1.0)
+    [final] = requests(events)
+    assert closes(events) == []  # not before the final is out
+    assert session.receive_bytes(pcm(speech(1.0)), now=1.1) == []  # no new audio while closing
+    events = session.inference_done(final, result("bye"))
+    assert [m.transcript for m in messages(events)] == ["bye"]
+    assert closes(events)[0].code == CloseCode.NORMAL
+
+
+def test_terminate_with_nothing_buffered_closes_at_once() -> None:
+    session = make_session()
+    feed(session, silence(1.0))
+    assert closes(session.receive_text('{"terminate_session": true}', now=1.0))[0].code == CloseCode.NORMAL
+
+
+def test_shutdown_flushes_then_closes_1001() -> None:
+    session = make_session()
+    feed(session, speech(1.0))
+    events = session.shutdown()
+    [final] = requests(events)
+    events = session.inference_done(final, result("going"))
+    assert messages(events)[0].transcript == "going"
+    assert closes(events)[0].code == CloseCode.GOING_AWAY
+
+
+def test_inference_failure_closes_1011_naming_the_session() -> None:
+    session = make_session()
+    [final] = requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))
+    events = session.inference_failed(final, RuntimeError("boom"))
+    error = messages(events)[0]
+    assert error.error.code is ErrorCode.INTERNAL_ERROR and "sess-1" in error.error.message
+    assert closes(events)[0].code == CloseCode.INTERNAL_ERROR
+
+
+def test_language_detection_only_sends_one_language_message_per_utterance() -> None:
+    session = make_session(
+        MULTI,
+        whisper_params={"audio_language": "auto", "language_detection_only": True},
+        streaming_params={"enable_partial_transcripts": True},
+    )
+    events = feed(session, np.concatenate([speech(1.0), silence(0.5)]))
+    [final] = requests(events)
+    assert final.detect_only and requests(events, "partial") == []
+    [message] = messages(session.inference_done(final, Result(segments=(), language="de", language_prob=0.97)))
+    assert isinstance(message, Transcription)
+    assert (message.transcript, message.language_code, message.language_prob, message.segments) == ("", "de", 0.97, [])
+    assert message.confidence is None
+
+
+def test_no_audio_is_lost_across_odd_frame_boundaries() -> None:
+    session = make_session(streaming_vad_config={"speech_pad_ms": 0})
+    data = pcm(np.concatenate([speech(1.024), silence(0.5)]))
+    events = []
+    for i in range(0, len(data), 333):  # odd sizes split samples in two
+        events += session.receive_bytes(data[i : i + 333], now=0.0)
+    [final] = requests(events)
+    assert len(final.audio) == int(1.024 * RATE)

@@ -1,0 +1,582 @@
+"""The streaming session: a sans-I/O state machine.
+
+Feed it text frames, audio bytes, inference results and the time; it returns events: messages
+to send, inference it wants run, and when to close. It never touches a socket, a thread or the
+clock itself, so every behaviour is testable deterministically (tests/test_session.py).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from .audio import TARGET_RATE, AudioDecoder
+from .engine import DecodeOptions, ModelInfo, Result
+from .protocol import (
+    MAX_PROMPT_TOKENS,
+    CloseCode,
+    Control,
+    ErrorCode,
+    ErrorMessage,
+    Metadata,
+    ProtocolError,
+    Segment,
+    SessionLimits,
+    Transcription,
+    WordTimestamp,
+    parse_control,
+    parse_metadata,
+)
+from .vad import WINDOW_SAMPLES
+
+# Silero's own hysteresis: speech starts at `threshold`, ends only under `threshold - 0.15`.
+_NEG_THRESHOLD_GAP = 0.15
+# A cut forced by final_transcript_max_duration_s looks this far back for the quietest window.
+_CUT_SEARCH_S = 2.0
+# How far back (in 32 ms windows) the start of speech may be dated before the trigger, and how
+# far under the threshold those windows may be.
+_ONSET_LOOKBACK_WINDOWS = 16
+_ONSET_GAP = 0.3
+
+
+class SpeechProbabilities(Protocol):
+    def probabilities(self, audio: np.ndarray) -> np.ndarray: ...
+
+
+# --------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, eq=False)
+class InferenceRequest:
+    session_id: str
+    kind: Literal["partial", "final"]
+    transcription_num: int
+    audio: np.ndarray  # float32, 16 kHz
+    offset_s: float  # stream time of audio[0]
+    options: DecodeOptions
+    detect_only: bool = False
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    message: Transcription | ErrorMessage
+
+
+@dataclass(frozen=True)
+class RunInference:
+    request: InferenceRequest
+
+
+@dataclass(frozen=True)
+class CloseConnection:
+    code: CloseCode
+    reason: str = ""
+
+
+Event = SendMessage | RunInference | CloseConnection
+
+
+class State(enum.Enum):
+    AWAITING_METADATA = "awaiting_metadata"
+    STREAMING = "streaming"
+    CLOSING = "closing"  # no more input accepted; waiting for the last finals
+    CLOSED = "closed"
+
+
+# --------------------------------------------------------------------------- audio buffer
+
+
+class SampleBuffer:
+    """Samples addressed by their absolute index in the stream, dropped from the front.
+
+    Amortised appends: a 30 s utterance arriving in 20 ms frames must not be copied 1500 times.
+    """
+
+    def __init__(self) -> None:
+        self._data = np.zeros(16_000, dtype=np.float32)
+        self._start = 0  # absolute index of _data[0]
+        self._length = 0
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    @property
+    def end(self) -> int:
+        return self._start + self._length
+
+    def append(self, samples: np.ndarray) -> None:
+        needed = self._length + len(samples)
+        if needed > len(self._data):
+            grown = np.zeros(max(needed, 2 * len(self._data)), dtype=np.float32)
+            grown[: self._length] = self._data[: self._length]
+            self._data = grown
+        self._data[self._length : needed] = samples
+        self._length = needed
+
+    def view(self, begin: int, end: int) -> np.ndarray:
+        begin, end = max(begin, self._start), min(end, self.end)
+        return self._data[begin - self._start : end - self._start]
+
+    def drop_before(self, index: int) -> None:
+        cut = min(max(index, self._start), self.end) - self._start
+        if cut == 0:
+            return
+        self._data[: self._length - cut] = self._data[cut : self._length]
+        self._length -= cut
+        self._start += cut
+
+
+# --------------------------------------------------------------------------- the session
+
+
+@dataclass
+class _Utterance:
+    num: int
+    start: int  # absolute 16 kHz sample index
+    window_probs: list[tuple[int, float]]  # (window start, probability), for the quiet-point cut
+    next_partial_at: int
+    silence_start: int | None = None
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        *,
+        model: ModelInfo,
+        count_tokens: Callable[[str], int],
+        new_vad: Callable[[], SpeechProbabilities],
+        limits: SessionLimits = SessionLimits(),
+        now: float = 0.0,
+    ) -> None:
+        self.session_id = session_id
+        self.state = State.AWAITING_METADATA
+        self.metadata: Metadata | None = None
+        self._model = model
+        self._count_tokens = count_tokens
+        self._new_vad = new_vad
+        self._limits = limits
+        self._connected_at = now
+        self._last_frame_at = now
+        self._close_code_when_done = CloseCode.NORMAL
+
+        self._decoder: AudioDecoder | None = None
+        self._vad: SpeechProbabilities | None = None
+        self._options: DecodeOptions | None = None
+        self._buffer = SampleBuffer()
+        self._vad_pos = 0  # absolute index of the next window to classify
+        self._utterance: _Utterance | None = None
+        self._last_end = 0  # an utterance never starts before the previous one ended
+        self._next_num = 0
+        self._awaiting: list[int] = []  # final numbers requested, in order
+        self._finished: dict[int, tuple[InferenceRequest, Result]] = {}  # not yet sent
+        self._partial_sent: set[int] = set()
+        self._recent: deque[tuple[int, float]] = deque(maxlen=_ONSET_LOOKBACK_WINDOWS)
+
+    # ------------------------------------------------------------------ inputs
+
+    def receive_text(self, text: str, now: float) -> list[Event]:
+        if self.state is State.AWAITING_METADATA:
+            self._last_frame_at = now
+            return self._guard(lambda: self._start(text))
+        if self.state is not State.STREAMING:
+            return []
+        self._last_frame_at = now
+        return self._guard(lambda: self._control(parse_control(text)))
+
+    def receive_bytes(self, data: bytes, now: float) -> list[Event]:
+        if self.state is State.AWAITING_METADATA:
+            return self._fail(
+                ProtocolError(
+                    ErrorCode.BINARY_BEFORE_METADATA,
+                    "the first message must be the metadata JSON as a text frame, before any audio",
+                )
+            )
+        if self.state is not State.STREAMING:
+            return []
+        self._last_frame_at = now
+        assert self._decoder is not None
+        return self._guard(lambda: self._ingest(self._decoder.decode(data)))
+
+    def inference_done(self, request: InferenceRequest, result: Result) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        if request.kind == "partial":
+            return self._partial_done(request, result)
+        self._finished[request.transcription_num] = (request, result)
+        return self._emit_finals()
+
+    def inference_failed(self, request: InferenceRequest, error: BaseException) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        return self._fail(
+            ProtocolError(
+                ErrorCode.INTERNAL_ERROR,
+                f"recognition failed ({type(error).__name__}); session {self.session_id}",
+            )
+        )
+
+    def shutdown(self) -> list[Event]:
+        """The server is going away: flush buffered speech, then close with 1001."""
+        if self.state is State.AWAITING_METADATA:
+            return self._close(CloseCode.GOING_AWAY, "server shutting down")
+        if self.state is not State.STREAMING:
+            self._close_code_when_done = CloseCode.GOING_AWAY
+            return []
+        return self._guard(lambda: self._wind_down(CloseCode.GOING_AWAY))
+
+    def deadline(self) -> float | None:
+        """When timeout() must be called if nothing else arrives first."""
+        if self.state is State.AWAITING_METADATA:
+            return self._connected_at + self._limits.metadata_timeout_s
+        if self.state is State.STREAMING:
+            return self._last_frame_at + self._limits.idle_timeout_s
+        return None
+
+    def timeout(self, now: float) -> list[Event]:
+        deadline = self.deadline()
+        if deadline is None or now < deadline:
+            return []
+        if self.state is State.AWAITING_METADATA:
+            limit = self._limits.metadata_timeout_s
+            return self._fail(
+                ProtocolError(
+                    ErrorCode.METADATA_TIMEOUT, f"no metadata received within {limit:g} s"
+                )
+            )
+        limit = self._limits.idle_timeout_s
+        return self._fail(
+            ProtocolError(ErrorCode.IDLE_TIMEOUT, f"no frame received for {limit:g} s")
+        )
+
+    # ------------------------------------------------------------------ metadata and control
+
+    def _start(self, text: str) -> list[Event]:
+        metadata = parse_metadata(text)
+        self._check_model_support(metadata)
+        params = metadata.streaming_params
+        self._decoder = AudioDecoder(params.encoding, params.sample_rate)
+        self._vad = self._new_vad()
+        self._options = self._decode_options(metadata)
+        self.metadata = metadata
+        self.state = State.STREAMING
+        return []
+
+    def _check_model_support(self, metadata: Metadata) -> None:
+        whisper = metadata.whisper_params
+        language = whisper.audio_language
+        if language != "auto" and language not in self._model.languages:
+            raise ProtocolError(
+                ErrorCode.INVALID_METADATA,
+                f"model {self._model.name} does not support audio_language {language!r}"
+                + ("" if self._model.multilingual else " (it is English-only: use en or auto)"),
+                "whisper_params.audio_language",
+            )
+        unsupported = [c for c in whisper.language_options if c not in self._model.languages]
+        if unsupported:
+            raise ProtocolError(
+                ErrorCode.INVALID_METADATA,
+                f"model {self._model.name} does not support language {unsupported[0]!r}",
+                "whisper_params.language_options",
+            )
+        if whisper.prompt is not None:
+            tokens = self._count_tokens(whisper.prompt)
+            if tokens > MAX_PROMPT_TOKENS:
+                raise ProtocolError(
+                    ErrorCode.INVALID_METADATA,
+                    f"whisper_params.prompt is {tokens} tokens; at most {MAX_PROMPT_TOKENS}",
+                    "whisper_params.prompt",
+                )
+
+    def _decode_options(self, metadata: Metadata) -> DecodeOptions:
+        whisper = metadata.whisper_params
+        sampling = metadata.sampling
+        language = whisper.audio_language
+        return DecodeOptions(
+            language=None if language == "auto" else language,
+            language_options=tuple(whisper.language_options),
+            prompt=whisper.prompt,
+            beam_width=sampling.beam_width,
+            length_penalty=sampling.length_penalty,
+            repetition_penalty=sampling.repetition_penalty,
+            no_repeat_ngram_size=sampling.no_repeat_ngram_size,
+            word_timestamps=whisper.show_word_timestamps,
+            dynamic_preprocessing=whisper.use_dynamic_preprocessing,
+        )
+
+    def _control(self, control: Control) -> list[Event]:
+        if control is Control.FINALIZE:
+            return self._end_utterance(self._buffer.end)
+        return self._wind_down(CloseCode.NORMAL)
+
+    def _wind_down(self, code: CloseCode) -> list[Event]:
+        assert self._decoder is not None
+        events = self._ingest(self._decoder.flush())
+        events += self._end_utterance(self._buffer.end)
+        self.state = State.CLOSING
+        self._close_code_when_done = code
+        return events + self._close_if_done()
+
+    # ------------------------------------------------------------------ audio and VAD
+
+    def _ingest(self, samples: np.ndarray) -> list[Event]:
+        self._buffer.append(samples)
+        usable = (self._buffer.end - self._vad_pos) // WINDOW_SAMPLES * WINDOW_SAMPLES
+        if usable == 0:
+            return []
+        assert self._vad is not None
+        windows = self._buffer.view(self._vad_pos, self._vad_pos + usable)
+        probs = self._vad.probabilities(windows)
+        events: list[Event] = []
+        for prob in probs:
+            events += self._window(self._vad_pos, float(prob))
+            self._vad_pos += WINDOW_SAMPLES
+        self._trim()
+        return events
+
+    def _window(self, start: int, prob: float) -> list[Event]:
+        assert self.metadata is not None
+        vad = self.metadata.streaming_vad_config
+        end = start + WINDOW_SAMPLES
+        utterance = self._utterance
+        if utterance is None:
+            if prob < vad.threshold:
+                self._recent.append((start, prob))
+                return []
+            utterance = self._open_utterance(self._onset(start, max(0.1, vad.threshold - _ONSET_GAP)))
+        utterance.window_probs.append((start, prob))
+        # Speech ends after min_silence_duration_ms of windows *all* under threshold - 0.15
+        # (PROTOCOL.md §3): one window at or above it, a soft word, restarts the count.
+        if prob >= vad.threshold - _NEG_THRESHOLD_GAP:
+            utterance.silence_start = None
+        elif utterance.silence_start is None:
+            utterance.silence_start = start
+
+        if utterance.silence_start is not None:
+            if end - utterance.silence_start >= _ms(vad.min_silence_duration_ms):
+                return self._end_utterance(min(utterance.silence_start + _ms(vad.speech_pad_ms), end))
+            return []
+        if end - utterance.start >= self._max_samples():
+            return self._cut_long_utterance(end)
+        return self._maybe_partial(end)
+
+    def _onset(self, trigger: int, floor: float) -> int:
+        """Where the speech that just crossed the threshold began.
+
+        Silero's probability rises over several windows before it crosses the threshold, and a
+        soft first word (or telephone-band audio) may never cross it at all; the unbroken run
+        of windows above a lower floor just before the trigger is dated as speech too, so the
+        first word is not cut off.
+        """
+        onset = trigger
+        for start, prob in reversed(self._recent):
+            if prob < floor or start != onset - WINDOW_SAMPLES or start < self._last_end:
+                break
+            onset = start
+        self._recent.clear()
+        return onset
+
+    def _open_utterance(self, window_start: int) -> _Utterance:
+        assert self.metadata is not None
+        pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
+        start = max(window_start - pad, self._last_end, self._buffer.start)
+        self._utterance = _Utterance(
+            num=self._next_num,
+            start=start,
+            window_probs=[],
+            next_partial_at=start + self._partial_interval(),
+        )
+        self._next_num += 1
+        return self._utterance
+
+    def _cut_long_utterance(self, end: int) -> list[Event]:
+        """Cut at the quietest window near the limit, so a word is less likely to be split."""
+        utterance = self._utterance
+        assert utterance is not None
+        earliest = end - int(_CUT_SEARCH_S * TARGET_RATE)
+        candidates = [(p, s) for s, p in utterance.window_probs if s >= earliest and s > utterance.start]
+        # Among equally quiet windows take the latest: utterances stay as long as allowed.
+        cut = min(candidates, key=lambda c: (c[0], -c[1]))[1] if candidates else end
+        events = self._end_utterance(cut)
+        # The speech goes on: the next utterance starts right at the cut and keeps the
+        # windows it has already seen.
+        seen = [(s, p) for s, p in utterance.window_probs if s >= cut]
+        return events + self._reopen_after_cut(cut, end, seen)
+
+    def _reopen_after_cut(self, cut: int, end: int, seen: list[tuple[int, float]]) -> list[Event]:
+        utterance = _Utterance(
+            num=self._next_num,
+            start=cut,
+            window_probs=seen,
+            next_partial_at=cut + self._partial_interval(),
+        )
+        self._next_num += 1
+        self._utterance = utterance
+        return self._maybe_partial(end)
+
+    def _maybe_partial(self, end: int) -> list[Event]:
+        utterance = self._utterance
+        assert utterance is not None and self.metadata is not None
+        params = self.metadata.streaming_params
+        if not params.enable_partial_transcripts or self.metadata.whisper_params.language_detection_only:
+            return []
+        if end < utterance.next_partial_at:
+            return []
+        interval = self._partial_interval()
+        # Skip marks already passed (a large frame), so one frame asks for one partial at most.
+        while utterance.next_partial_at <= end:
+            utterance.next_partial_at += interval
+        return [RunInference(self._request("partial", utterance.num, utterance.start, end))]
+
+    def _end_utterance(self, end: int) -> list[Event]:
+        utterance = self._utterance
+        if utterance is None:
+            return []
+        self._utterance = None
+        end = max(end, utterance.start)
+        self._last_end = end
+        if end == utterance.start:
+            return []  # nothing to recognise; no number ever reached the client
+        self._awaiting.append(utterance.num)
+        return [RunInference(self._request("final", utterance.num, utterance.start, end))]
+
+    def _request(self, kind: Literal["partial", "final"], num: int, start: int, end: int) -> InferenceRequest:
+        assert self._options is not None and self.metadata is not None
+        return InferenceRequest(
+            session_id=self.session_id,
+            kind=kind,
+            transcription_num=num,
+            audio=self._buffer.view(start, end).copy(),
+            offset_s=start / TARGET_RATE,
+            options=self._options,
+            detect_only=self.metadata.whisper_params.language_detection_only,
+        )
+
+    def _trim(self) -> None:
+        """Keep only what a future utterance may still need: the pre-speech pad."""
+        if self._utterance is not None:
+            self._buffer.drop_before(self._utterance.start)
+            return
+        assert self.metadata is not None
+        pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
+        self._buffer.drop_before(max(self._vad_pos - pad, self._last_end - pad, 0))
+
+    def _max_samples(self) -> int:
+        assert self.metadata is not None
+        return self.metadata.streaming_params.final_transcript_max_duration_s * TARGET_RATE
+
+    def _partial_interval(self) -> int:
+        assert self.metadata is not None
+        interval = self.metadata.streaming_params.partial_transcript_interval_s
+        return max(1, round(interval * TARGET_RATE))
+
+    # ------------------------------------------------------------------ results
+
+    def _partial_done(self, request: InferenceRequest, result: Result) -> list[Event]:
+        num = request.transcription_num
+        current = self._utterance
+        # A partial is worth sending only while its utterance is still the one being spoken and
+        # every earlier final is out: messages never go back in number.
+        if current is None or current.num != num or self._awaiting or self.state is not State.STREAMING:
+            return []
+        if not result.text:
+            return []
+        self._partial_sent.add(num)
+        return [SendMessage(self._transcription(request, result, is_final=False))]
+
+    def _emit_finals(self) -> list[Event]:
+        events: list[Event] = []
+        while self._awaiting and self._awaiting[0] in self._finished:
+            request, result = self._finished.pop(self._awaiting.pop(0))
+            message = self._final_message(request, result)
+            if message is not None:
+                events.append(SendMessage(message))
+        return events + self._close_if_done()
+
+    def _final_message(self, request: InferenceRequest, result: Result) -> Transcription | None:
+        assert self.metadata is not None
+        num = request.transcription_num
+        if self.metadata.whisper_params.language_detection_only:
+            return Transcription(
+                transcription_num=num,
+                is_final=True,
+                transcript="",
+                confidence=None,
+                language_code=result.language,
+                language_prob=result.language_prob,
+                segments=[],
+            )
+        if not result.text and num not in self._partial_sent:
+            return None  # non-speech after all: the number is skipped, as PROTOCOL.md allows
+        self._partial_sent.discard(num)
+        return self._transcription(request, result, is_final=True)
+
+    def _transcription(self, request: InferenceRequest, result: Result, *, is_final: bool) -> Transcription:
+        words = request.options.word_timestamps
+        offset = request.offset_s
+        segments = [
+            Segment(
+                text=s.text.strip(),
+                log_prob=s.avg_logprob,
+                start_time=round(offset + s.start, 3),
+                end_time=round(offset + s.end, 3),
+                word_timestamps=[
+                    WordTimestamp(
+                        word=w.word.strip(),
+                        start_time=round(offset + w.start, 3),
+                        end_time=round(offset + w.end, 3),
+                        prob=w.prob,
+                    )
+                    for w in s.words or ()
+                ]
+                if words
+                else None,
+            )
+            for s in result.segments
+        ]
+        mean = result.mean_logprob
+        return Transcription(
+            transcription_num=request.transcription_num,
+            is_final=is_final,
+            transcript=" ".join(s.text for s in segments if s.text),
+            confidence=None if mean is None else math.exp(mean),
+            language_code=result.language,
+            language_prob=result.language_prob,
+            segments=segments,
+        )
+
+    # ------------------------------------------------------------------ errors and closing
+
+    def _guard(self, step: Callable[[], list[Event]]) -> list[Event]:
+        try:
+            return step()
+        except ProtocolError as error:
+            return self._fail(error)
+
+    def _fail(self, error: ProtocolError) -> list[Event]:
+        events: list[Event] = [SendMessage(ErrorMessage.from_error(error))]
+        if error.close_code is None:
+            return events
+        return events + self._close(error.close_code, error.code.value)
+
+    def _close(self, code: CloseCode, reason: str) -> list[Event]:
+        self.state = State.CLOSED
+        self._utterance = None
+        return [CloseConnection(code, reason)]
+
+    def _close_if_done(self) -> list[Event]:
+        if self.state is State.CLOSING and not self._awaiting:
+            reason = "terminated" if self._close_code_when_done is CloseCode.NORMAL else "server shutting down"
+            return self._close(self._close_code_when_done, reason)
+        return []
+
+
+def _ms(milliseconds: int) -> int:
+    return milliseconds * TARGET_RATE // 1000
