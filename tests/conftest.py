@@ -1,0 +1,123 @@
+"""Shared fixtures: the shared speech clips, one loaded engine, and real servers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import os
+import socket
+import threading
+import time
+import wave
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import uvicorn
+
+AUDIO_DIR = Path(os.environ.get("WHISPERWIRE_AUDIO_DIR", Path(__file__).resolve().parents[2] / "shared" / "audio"))
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    duration_s: float
+    language: str
+    reference: str
+
+
+def _manifest() -> dict[str, Clip]:
+    with open(AUDIO_DIR / "manifest.tsv", newline="", encoding="utf-8") as handle:
+        rows = csv.DictReader(handle, delimiter="\t")
+        return {
+            row["file"]: Clip(AUDIO_DIR / row["file"], float(row["duration_s"]), row["language"], row["reference_transcript"])
+            for row in rows
+        }
+
+
+@pytest.fixture(scope="session")
+def clips() -> dict[str, Clip]:
+    if not (AUDIO_DIR / "manifest.tsv").exists():
+        pytest.fail(f"shared speech clips not found at {AUDIO_DIR} (set WHISPERWIRE_AUDIO_DIR)")
+    return _manifest()
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A 16 kHz mono s16 WAV as float32."""
+    with wave.open(str(path)) as wav:
+        assert wav.getframerate() == 16_000 and wav.getnchannels() == 1 and wav.getsampwidth() == 2
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2").astype(np.float32) / 32768.0
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from whisperwire.engine import load_engine
+
+    return load_engine("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def base_engine(tmp_path_factory: pytest.TempPathFactory):
+    from whisperwire.engine import load_engine
+
+    cache = os.environ.get("WHISPERWIRE_CACHE_DIR") or tmp_path_factory.mktemp("model-cache")
+    return load_engine("base", cache_dir=Path(cache))
+
+
+@pytest.fixture(scope="session")
+def vad():
+    from whisperwire.vad import SileroVAD
+
+    return SileroVAD()
+
+
+class RunningServer:
+    """A real uvicorn server on a loopback port, in a thread of its own."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 - a Starlette app
+        self.app = app
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        config = uvicorn.Config(app, ws="websockets-sansio", log_level="warning", ws_max_size=app.state.whisperwire.config.limits.max_frame_bytes)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.run(self.server.serve(sockets=[self._sock]))
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/websocket"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> RunningServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+
+def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001
+    from whisperwire.server import ServerConfig, create_app
+
+    return RunningServer(create_app(engine, ServerConfig(**config), vad))
+
+
+@pytest.fixture(scope="session")
+def server(engine, vad) -> Iterator[RunningServer]:
+    with start_server(engine, vad) as running:
+        yield running
