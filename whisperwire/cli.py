@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -15,11 +14,12 @@ import numpy as np
 import uvicorn
 
 from . import __version__
+from .client import is_loopback_host
 from .protocol import SessionLimits
 
 log = logging.getLogger("whisperwire")
 
-API_KEY_ENV = "WHISPERWIRE_API_KEYS"
+API_KEY_ENV = "WHISPERWIRE_API_KEY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands")
 
     serve = commands.add_parser("serve", help="run the WebSocket server")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on [%(default)s]")
+    serve.add_argument("--port", type=int, default=8000, help="[%(default)s]")
     serve.add_argument(
         "--model",
         default="tiny.en",
@@ -47,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     serve.add_argument("--compute-type", default="default", help="int8 on cpu, float16 on cuda by default")
-    serve.add_argument("--cpu-threads", type=int, default=0, help="CTranslate2 threads (0: its default)")
+    serve.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=_usable_cores(),
+        help="threads for CTranslate2 on cpu [the cores this process may use]",
+    )
     serve.add_argument("--cache-dir", default=None, help="where the base model is assembled")
     serve.add_argument(
         "--api-key",
@@ -56,9 +61,24 @@ def _parser() -> argparse.ArgumentParser:
         help=f"accepted API key; repeat for several (also ${API_KEY_ENV}, comma-separated)",
     )
     serve.add_argument("--allow-open", action="store_true", help="serve without API keys on a non-loopback address")
-    serve.add_argument("--metadata-timeout", type=float, default=SessionLimits.metadata_timeout_s)
-    serve.add_argument("--idle-timeout", type=float, default=SessionLimits.idle_timeout_s)
-    serve.add_argument("--max-frame-bytes", type=int, default=SessionLimits.max_frame_bytes)
+    serve.add_argument(
+        "--metadata-timeout",
+        type=float,
+        default=SessionLimits.metadata_timeout_s,
+        help="seconds a client has to send its metadata [%(default)s]",
+    )
+    serve.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=SessionLimits.idle_timeout_s,
+        help="seconds without any frame before a session is closed [%(default)s]",
+    )
+    serve.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=SessionLimits.max_frame_bytes,
+        help="largest WebSocket message accepted [%(default)s]",
+    )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for finals")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
@@ -71,25 +91,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _usable_cores() -> int:
+    # CTranslate2's own default (min(4, all cores)) ignores CPU affinity and container cpusets.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
     from_env = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
     return tuple(dict.fromkeys([*args.api_key, *from_env]))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     keys = _api_keys(args)
     if not keys:
-        if not _is_loopback(args.host) and not args.allow_open:
+        if not is_loopback_host(args.host) and not args.allow_open:
             print(
                 f"error: refusing to serve without API keys on {args.host}; give --api-key "
                 f"(or ${API_KEY_ENV}), or --allow-open to serve open on purpose",

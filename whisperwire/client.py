@@ -417,7 +417,10 @@ class connect:  # lower case: used like a function, as websockets' own connect
 
 def _is_loopback(url: str) -> bool:
     # A proxy from the environment must not capture connections to a local server.
-    host = urlsplit(url).hostname or ""
+    return is_loopback_host(urlsplit(url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
     if host == "localhost":
         return True
     try:
