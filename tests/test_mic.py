@@ -154,3 +154,20 @@ def test_mic_with_the_real_sounddevice_explains_what_is_missing() -> None:
         pytest.skip("this machine has an input device: the no-device message cannot be seen here")
     assert done.returncode == 2, done.stderr
     assert "no input device found" in done.stderr or "libportaudio2" in done.stderr, done.stderr
+
+
+def test_without_portaudio_the_error_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from whisperwire.mic import MicrophoneError, load_sounddevice
+
+    real_import = builtins.__import__
+
+    def no_portaudio(name: str, *args: object, **kwargs: object) -> object:
+        if name == "sounddevice":  # what its import raises when the library is not installed
+            raise OSError("PortAudio library not found")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_portaudio)
+    with pytest.raises(MicrophoneError, match="PortAudio library not found; install PortAudio .*libportaudio2"):
+        load_sounddevice()
