@@ -3,8 +3,8 @@ against a live server on the shared clips, read back with independent SRT and We
 
 from __future__ import annotations
 
+import argparse
 import io
-import json
 import re
 import subprocess
 import sys
@@ -15,6 +15,7 @@ import srt
 import webvtt
 
 from tests.streaming import word_error_rate
+from whisperwire.client import add_stream_arguments
 from whisperwire.protocol import Segment, Transcription, WordTimestamp
 from whisperwire.subtitles import MAX_CUE_CHARS, SubtitleWriter, cues, timestamp
 
@@ -178,9 +179,11 @@ def test_stream_vtt_with_word_timestamps_cuts_long_speech_into_lines(server, cli
     assert word_error_rate(clip.reference, spoken) <= 0.1, spoken
 
 
-def test_stream_json_is_still_jsonl(server, clips) -> None:
-    clip = clips["en_timit_LDC93S1.wav"]
-    runs = [stream_command(server.url, clip.path, *flags) for flags in (["--json"], ["--format", "jsonl"])]
-    messages = [[json.loads(line) for line in run.splitlines()] for run in runs]
-    assert [[m["transcript"] for m in run] for run in messages] == [[messages[0][0]["transcript"]]] * 2
-    assert messages[0][0]["type"] == "transcription" and messages[0][0]["is_final"] is True
+def test_json_is_still_the_jsonl_format() -> None:
+    # `--json` end to end: tests/test_cli.py. Here: it is the same option as `--format jsonl`.
+    parser = argparse.ArgumentParser()
+    add_stream_arguments(parser)
+    assert parser.parse_args(["a.wav", "--json"]).format == "jsonl"
+    assert parser.parse_args(["a.wav"]).format == "text"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["a.wav", "--json", "--format", "srt"])

@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit
 
 import av
@@ -50,7 +50,7 @@ from whisperwire.protocol import (
     Metadata,
     Transcription,
 )
-from whisperwire.subtitles import SubtitleWriter
+from whisperwire.subtitles import SubtitleFormat, SubtitleWriter
 
 __all__ = [
     "DEFAULT_URL",
@@ -664,8 +664,8 @@ def message_writer(
     kind: str, out: TextIO, *, by_words: bool = False
 ) -> Callable[[Transcription], None]:
     """What ``stream --format KIND`` does with each message as it arrives."""
-    if kind == "srt" or kind == "vtt":
-        return SubtitleWriter(kind, out, by_words=by_words).write
+    if kind in ("srt", "vtt"):
+        return SubtitleWriter(cast(SubtitleFormat, kind), out, by_words=by_words).write
 
     def show(message: Transcription) -> None:
         text = message.model_dump_json() if kind == "jsonl" else format_message(message)

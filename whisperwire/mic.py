@@ -178,7 +178,9 @@ class LiveTranscript:
         print(text, file=sys.stderr, flush=True)
 
     def _final(self, message: Transcription) -> Text:
-        lines = Text.assemble((message_tag(message, details=True), "cyan"), " ", message.transcript.strip())
+        lines = Text.assemble(
+            (message_tag(message, details=True), "cyan"), " ", message.transcript.strip()
+        )
         if self.words:
             for line in word_lines(message):
                 lines.append("\n" + line, style="dim")
@@ -226,7 +228,9 @@ async def transcribe_microphone(
         try:
             async with capture(sd, source, on_status=_warn_once(display)) as blocks:
                 sender = asyncio.create_task(_send(stream, blocks))
-                display.note(f"listening on {source.name} at {source.sample_rate} Hz; Ctrl-C to stop")
+                display.note(
+                    f"listening on {source.name} at {source.sample_rate} Hz; Ctrl-C to stop"
+                )
                 stopping = asyncio.create_task(interrupts.stop.wait())
                 # Until Ctrl-C, or until the server ends the session by itself.
                 await asyncio.wait({receiver, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -113,4 +113,3 @@ class SubtitleWriter:
     def _write(self, text: str) -> None:
         self.out.write(text)
         self.out.flush()
-
