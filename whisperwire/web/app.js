@@ -84,6 +84,7 @@ async function start() {
       audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true },
     });
     current.context = new AudioContext();
+    await current.context.resume(); // created after an await, it may start suspended
     await current.context.audioWorklet.addModule(new URL("capture-worklet.js", import.meta.url));
   } catch (error) {
     endSession(current);
