@@ -121,3 +121,17 @@ def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001
 def server(engine, vad) -> Iterator[RunningServer]:
     with start_server(engine, vad) as running:
         yield running
+
+
+STAND_IN_MICROPHONE = Path(__file__).parent / "stand_in_microphone"
+
+
+def stand_in_microphone(clip: Path, *, seconds: float | None = None, after: str = "silence", done: Path | None = None) -> dict[str, str]:
+    """Environment for a subprocess whose `sounddevice` plays `clip` as its microphone."""
+    env = dict(os.environ, FAKE_MIC_WAV=str(clip), FAKE_MIC_AFTER=after, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(STAND_IN_MICROPHONE), str(Path(__file__).parents[1])])
+    if seconds is not None:
+        env["FAKE_MIC_SECONDS"] = str(seconds)
+    if done is not None:
+        env["FAKE_MIC_DONE"] = str(done)
+    return env

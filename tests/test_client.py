@@ -468,3 +468,22 @@ def test_format_message_shows_detected_language_and_words() -> None:
         "[final 1.00-1.40 de 0.97] Hallo",
         "       1.00-1.40  Hallo  (0.88)",
     ]
+
+
+def test_format_message_details_show_language_and_confidence() -> None:
+    segment = Segment(text=" Hallo", log_prob=-0.2, start_time=1.0, end_time=1.4)
+    detected = Transcription(
+        transcription_num=0,
+        is_final=True,
+        transcript=" Hallo",
+        confidence=0.8,
+        language_code="de",
+        language_prob=0.97,
+        segments=[segment],
+    )
+    given = detected.model_copy(update={"language_code": "en", "language_prob": None})
+    partial = given.model_copy(update={"is_final": False})
+    assert format_message(detected, details=True) == "[final 1.00-1.40 de 0.97 conf 0.80] Hallo"
+    assert format_message(given, details=True) == "[final 1.00-1.40 en conf 0.80] Hallo"
+    assert format_message(given) == "[final 1.00-1.40] Hallo"
+    assert format_message(partial, details=True) == "[partial en] Hallo"

@@ -1,4 +1,4 @@
-"""The `whisperwire` command: serve, stream."""
+"""The `whisperwire` command: serve, stream, mic."""
 
 from __future__ import annotations
 
@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     stream = commands.add_parser("stream", help="stream an audio file to a server and print transcripts")
     add_stream_arguments(stream)
     stream.set_defaults(run=run_stream)
+
+    from .mic import add_mic_arguments, run_mic
+
+    mic = commands.add_parser("mic", help="stream the microphone to a server and show transcripts live")
+    add_mic_arguments(mic)
+    mic.set_defaults(run=run_mic)
     return parser
 
 

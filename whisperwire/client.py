@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit
 
 import av
@@ -50,6 +50,7 @@ from whisperwire.protocol import (
     Metadata,
     Transcription,
 )
+from whisperwire.subtitles import SubtitleFormat, SubtitleWriter
 
 __all__ = [
     "DEFAULT_URL",
@@ -539,10 +540,11 @@ async def _receive_all(stream: Stream, on_message: MessageCallback | None) -> li
 
 # --------------------------------------------------------------------------- command line
 
+OUTPUT_FORMATS = ("text", "jsonl", "srt", "vtt")
 
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``whisperwire stream``."""
-    parser.add_argument("file", type=Path, help="audio file in any format ffmpeg reads")
+
+def add_session_arguments(parser: argparse.ArgumentParser, *, partials: bool) -> None:
+    """The server and metadata options every client command has (``stream``, ``mic``)."""
     parser.add_argument("--url", default=DEFAULT_URL, help=f"WebSocket endpoint [{DEFAULT_URL}]")
     parser.add_argument(
         "--api-key",
@@ -550,6 +552,28 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY",
         help=f"API key [environment variable {API_KEY_ENV}]",
     )
+    parser.add_argument(
+        "--partials",
+        action=argparse.BooleanOptionalAction,
+        default=partials,
+        help=f"ask for partial transcripts [{'on' if partials else 'off'}]",
+    )
+    parser.add_argument(
+        "--partial-interval",
+        type=float,
+        metavar="S",
+        help="seconds of audio between partials (implies --partials) [server default 0.5]",
+    )
+    parser.add_argument(
+        "--language", metavar="CODE", help='language code, or "auto" to detect it [en]'
+    )
+    parser.add_argument("--word-timestamps", action="store_true", help="ask for word timings")
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``whisperwire stream``."""
+    parser.add_argument("file", type=Path, help="audio file in any format ffmpeg reads")
+    add_session_arguments(parser, partials=False)
     pace = parser.add_mutually_exclusive_group()
     pace.add_argument(
         "--speed",
@@ -561,19 +585,16 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     pace.add_argument(
         "--realtime", dest="speed", action="store_const", const=1.0, help="same as --speed 1"
     )
-    parser.add_argument("--partials", action="store_true", help="ask for partial transcripts")
-    parser.add_argument(
-        "--partial-interval",
-        type=float,
-        metavar="S",
-        help="seconds of audio between partials (implies --partials) [server default 0.5]",
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        default="text",
+        help="text lines, one JSON message per line, or SRT/WebVTT subtitles of the finals "
+        "(cut at word timings with --word-timestamps) [text]",
     )
-    parser.add_argument(
-        "--language", metavar="CODE", help='language code, or "auto" to detect it [en]'
-    )
-    parser.add_argument("--word-timestamps", action="store_true", help="print word timings")
-    parser.add_argument(
-        "--json", action="store_true", help="print each message as one line of JSON"
+    output.add_argument(
+        "--json", dest="format", action="store_const", const="jsonl", help="same as --format jsonl"
     )
 
 
@@ -584,8 +605,9 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def _cli_metadata(args: argparse.Namespace) -> dict[str, Any]:
-    streaming: dict[str, Any] = {"encoding": "pcm_s16le", "sample_rate": 16_000}
+def session_metadata(args: argparse.Namespace, sample_rate: int = 16_000) -> dict[str, Any]:
+    """The metadata the command-line options ask for, for s16le audio at ``sample_rate``."""
+    streaming: dict[str, Any] = {"encoding": "pcm_s16le", "sample_rate": sample_rate}
     if args.partials or args.partial_interval is not None:
         streaming["enable_partial_transcripts"] = True
     if args.partial_interval is not None:
@@ -601,37 +623,77 @@ def _cli_metadata(args: argparse.Namespace) -> dict[str, Any]:
     return metadata
 
 
-def format_message(message: Transcription) -> str:
-    """A human-readable rendering: ``[partial] text`` or ``[final 0.00-3.42] text``."""
+def api_key_of(args: argparse.Namespace) -> str | None:
+    return args.api_key or os.environ.get(API_KEY_ENV) or None
+
+
+def message_tag(message: Transcription, *, details: bool = False) -> str:
+    """``[final 0.00-3.42]``; a detected language adds ``de 0.97``. ``details`` always shows
+    the language and adds the confidence: ``[final 0.00-3.42 en conf 0.91]``."""
     tags = ["final" if message.is_final else "partial"]
     if message.is_final and message.segments:
         tags.append(f"{message.segments[0].start_time:.2f}-{message.segments[-1].end_time:.2f}")
     if message.language_prob is not None:
         tags.append(f"{message.language_code} {message.language_prob:.2f}")
-    lines = [f"[{' '.join(tags)}] {message.transcript.strip()}".rstrip()]
-    if message.is_final:
-        for segment in message.segments:
-            for word in segment.word_timestamps or ():
-                lines.append(
-                    f"    {word.start_time:7.2f}-{word.end_time:.2f}  {word.word.strip()}"
-                    f"  ({word.prob:.2f})"
-                )
-    return "\n".join(lines)
+    elif details and message.language_code:
+        tags.append(message.language_code)
+    if details and message.is_final and message.confidence is not None:
+        tags.append(f"conf {message.confidence:.2f}")
+    return f"[{' '.join(tags)}]"
 
 
-def _printer(as_json: bool, out: TextIO) -> Callable[[Transcription], None]:
+def word_lines(message: Transcription) -> list[str]:
+    """One line per word of a final that carries word timestamps."""
+    if not message.is_final:
+        return []
+    return [
+        f"    {word.start_time:7.2f}-{word.end_time:.2f}  {word.word.strip()}  ({word.prob:.2f})"
+        for segment in message.segments
+        for word in segment.word_timestamps or ()
+    ]
+
+
+def format_message(message: Transcription, *, details: bool = False) -> str:
+    """A human-readable rendering: ``[partial] text`` or ``[final 0.00-3.42] text``, then the
+    words' timings when the final carries them."""
+    head = f"{message_tag(message, details=details)} {message.transcript.strip()}".rstrip()
+    return "\n".join([head, *word_lines(message)])
+
+
+def message_writer(
+    kind: str, out: TextIO, *, by_words: bool = False
+) -> Callable[[Transcription], None]:
+    """What ``stream --format KIND`` does with each message as it arrives."""
+    if kind in ("srt", "vtt"):
+        return SubtitleWriter(cast(SubtitleFormat, kind), out, by_words=by_words).write
+
     def show(message: Transcription) -> None:
-        text = message.model_dump_json() if as_json else format_message(message)
+        text = message.model_dump_json() if kind == "jsonl" else format_message(message)
         print(text, file=out, flush=True)
 
     return show
+
+
+def report_failure(exc: WhisperwireError, err: TextIO) -> int:
+    """Say on ``err`` why a session failed; return the exit status (2: never reached the
+    server, 1: the server refused or ended the session)."""
+    if isinstance(exc, ConnectError):
+        print(f"error: {exc} (is `whisperwire serve` running?)", file=err)
+        return 2
+    if isinstance(exc, ServerError):
+        field = f" [{exc.field}]" if exc.field else ""
+        print(f"error: server: {exc}{field}", file=err)
+    elif isinstance(exc, AuthenticationError):
+        print(f"error: {exc}; pass --api-key or set {API_KEY_ENV}", file=err)
+    else:
+        print(f"error: {exc}", file=err)
+    return 1
 
 
 def run_stream(args: argparse.Namespace) -> int:
     """Run ``whisperwire stream``. Exit status: 0 done, 1 the server refused or failed the
     session, 2 the session could not start (unreadable file, server unreachable)."""
     out, err = sys.stdout, sys.stderr
-    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     path = Path(args.file)
     if not path.is_file():
         print(f"error: {path}: no such file", file=err)
@@ -641,28 +703,17 @@ def run_stream(args: argparse.Namespace) -> int:
             stream_file(
                 path,
                 args.url,
-                api_key,
-                _cli_metadata(args),
+                api_key_of(args),
+                session_metadata(args),
                 speed=args.speed,
-                on_message=_printer(args.json, out),
+                on_message=message_writer(args.format, out, by_words=args.word_timestamps),
             )
         )
-    except ConnectError as exc:
-        print(f"error: {exc} (is `whisperwire serve` running?)", file=err)
-        return 2
-    except ServerError as exc:
-        if args.json:
+    except WhisperwireError as exc:
+        if isinstance(exc, ServerError) and args.format == "jsonl":
             error = {"code": exc.code, "message": exc.message, "field": exc.field}
             print(json.dumps({"type": "error", "error": error}), file=out, flush=True)
-        field = f" [{exc.field}]" if exc.field else ""
-        print(f"error: server: {exc}{field}", file=err)
-        return 1
-    except AuthenticationError as exc:
-        print(f"error: {exc}; pass --api-key or set {API_KEY_ENV}", file=err)
-        return 1
-    except WhisperwireError as exc:
-        print(f"error: {exc}", file=err)
-        return 1
+        return report_failure(exc, err)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         # Decoding happens before connecting, so these are about the file.
         print(f"error: cannot read {path}: {exc}", file=err)

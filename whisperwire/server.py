@@ -15,12 +15,14 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .engine import Engine, Result
@@ -39,6 +41,7 @@ from .vad import SileroVAD
 log = logging.getLogger("whisperwire.server")
 
 WEBSOCKET_PATHS = ("/v1/websocket", "/environments/production/websocket")
+WEB_DIR = Path(__file__).parent / "web"  # the browser page: plain files, no build step
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
         ok = not state.draining
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
+    async def page(request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html")
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         state.scheduler.start()
@@ -253,6 +259,10 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
 
     routes: list[Any] = [WebSocketRoute(path, websocket_endpoint) for path in WEBSOCKET_PATHS]
     routes += [Route("/health", health), Route("/ready", ready)]
+    routes += [
+        Route("/", page),
+        Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
+    ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.whisperwire = state
     return app
