@@ -344,7 +344,7 @@ async def test_stream_file_paces_in_real_time(clip: Path) -> None:
         fastest = time.monotonic() - started
 
     assert 1.8 <= real_time <= 3.5
-    assert fastest < 1.0
+    assert fastest < real_time / 2  # relative: a loaded machine slows both
     # Frames were spread over the clip, not sent in a burst at the end.
     arrivals = [t for t, frame in server.frames if isinstance(frame, bytes)]
     assert 0.7 <= arrivals[len(arrivals) // 2] - arrivals[0] <= 1.5

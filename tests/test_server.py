@@ -81,7 +81,9 @@ async def test_partials_arrive_when_enabled_and_never_after_their_final(server, 
     metadata = {"streaming_params": {"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5}}
     received = await stream(server.url, metadata, s16le(np.concatenate([read_wav(clip.path), SILENCE])), speed=1.0)
     partials = received.partials
-    assert len(partials) >= 2, received.messages
+    # Under load the scheduler skips partials (a newer one replaces a waiting one), so how many
+    # arrive depends on the machine; that at least one does, with real words, does not.
+    assert partials, received.messages
     finalised: set[int] = set()
     for message in received.messages:
         num = message["transcription_num"]
@@ -90,8 +92,7 @@ async def test_partials_arrive_when_enabled_and_never_after_their_final(server, 
             finalised.add(num)
         else:
             assert message["transcript"] and message["segments"]
-    # The last partials already hold most of the sentence.
-    assert len(words(partials[-1]["transcript"])) >= 4
+            assert set(words(message["transcript"])) & set(words(clip.reference)), message
     assert word_error_rate(clip.reference, received.text) <= 0.2
 
 
