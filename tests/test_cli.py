@@ -143,11 +143,3 @@ def test_sigterm_flushes_buffered_speech_then_closes_1001(clips) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def test_api_keys_come_from_repeated_flags_and_the_environment(monkeypatch) -> None:
-    from whisperwire.cli import _api_keys, _parser
-
-    monkeypatch.setenv("WHISPERWIRE_API_KEY", "env-one, env-two")
-    args = _parser().parse_args(["serve", "--api-key", "flag", "--api-key", "env-one"])
-    assert _api_keys(args) == ("flag", "env-one", "env-two")
