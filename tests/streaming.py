@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import soxr
 from jiwer import wer
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from whisper_normalizer.english import EnglishTextNormalizer
 
@@ -97,16 +97,7 @@ async def stream(
     frame = max(1, bytes_per_second * frame_ms // 1000)
     async with connect(url, additional_headers=headers or {}, max_size=None, open_timeout=30) as ws:
         started = time.monotonic()
-
-        async def reader() -> None:
-            try:
-                async for raw in ws:
-                    received.messages.append(json.loads(raw))
-                    received.arrival.append(time.monotonic() - started)
-            except ConnectionClosed:
-                pass
-
-        task = asyncio.create_task(reader())
+        task = asyncio.create_task(_collect(ws, received, started))
         try:
             if metadata is not None:
                 await ws.send(metadata if isinstance(metadata, str) else json.dumps(metadata))
@@ -123,6 +114,37 @@ async def stream(
                 await ws.send(text)
             if end is not None:
                 await ws.send(end)
+        except ConnectionClosed:
+            pass
+        await asyncio.wait_for(task, timeout)
+        received.close_code = ws.close_code
+        received.close_reason = ws.close_reason or ""
+    return received
+
+
+async def _collect(ws: ClientConnection, received: Received, started: float) -> None:
+    try:
+        async for raw in ws:
+            received.messages.append(json.loads(raw))
+            received.arrival.append(time.monotonic() - started)
+    except ConnectionClosed:
+        pass
+
+
+async def converse(
+    url: str,
+    frames: list[str | bytes],
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Received:
+    """Send `frames` (text or binary) as they are, then collect everything until the server closes."""
+    received = Received()
+    async with connect(url, additional_headers=headers or {}, max_size=None, open_timeout=30) as ws:
+        task = asyncio.create_task(_collect(ws, received, time.monotonic()))
+        try:
+            for frame in frames:
+                await ws.send(frame)
         except ConnectionClosed:
             pass
         await asyncio.wait_for(task, timeout)
