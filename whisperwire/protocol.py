@@ -175,10 +175,11 @@ def _normalise_legacy(raw: dict[str, Any]) -> dict[str, Any]:
             return  # validation reports the wrong type
         for key, value in values.items():
             if key in target:
+                given = f"{source}.{key}" if source else key  # "" is the top level
                 raise ProtocolError(
                     ErrorCode.INVALID_METADATA,
-                    f"{source}.{key} conflicts with {section}.{key}; give it once",
-                    f"{source}.{key}",
+                    f"{given} conflicts with {section}.{key}; give it once",
+                    given,
                 )
             target = {**target, key: value}
         data[section] = target
