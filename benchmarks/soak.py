@@ -57,6 +57,7 @@ PLAYLIST = [
 RATE = 16_000
 FRAME_BYTES = RATE * 2 * 20 // 1000
 GAP_S = 2.0
+FINALS_WAIT_S = 300.0
 METADATA = {"streaming_params": {"enable_partial_transcripts": True, "partial_transcript_interval_s": 1.0}}
 
 
@@ -109,7 +110,13 @@ async def run_session(url: str, clips: list[tuple[str, bytes]], report: StreamRe
                         await asyncio.sleep(lag)
             spans.append((name, begin, sent / (2 * RATE)))
         await stream.close()
-        await asyncio.wait_for(receiver, 120)
+        try:
+            await asyncio.wait_for(receiver, FINALS_WAIT_S)
+        except TimeoutError:
+            # Late, not necessarily lost: the server is behind real time (see mean latency).
+            report.problems.append(f"finals still missing {FINALS_WAIT_S:g} s after terminate")
+            report.sessions += 1
+            return
         code = stream.close_code
     report.sessions += 1
     report.clips += len(spans)
@@ -146,7 +153,7 @@ async def run_stream(url: str, clips: dict[str, bytes], index: int, per_session:
         position += per_session
         try:
             await run_session(url, chosen, report, deadline)
-        except (ServerError, SessionClosed, TimeoutError) as exc:
+        except (ServerError, SessionClosed) as exc:
             report.problems.append(f"session failed: {exc!r}")
     return report
 

@@ -26,6 +26,7 @@ class LiveState:
     queue_depth: int
     partials_superseded: int
     partials_dropped_slow_client: int
+    send_buffer_bytes: int
 
 
 class _Live(Collector):
@@ -37,6 +38,11 @@ class _Live(Collector):
         yield GaugeMetricFamily("whisperwire_active_sessions", "WebSocket sessions open", value=state.active_sessions)
         yield GaugeMetricFamily(
             "whisperwire_queue_depth", "inference jobs waiting for the worker", value=state.queue_depth
+        )
+        yield GaugeMetricFamily(
+            "whisperwire_send_buffer_bytes",
+            "bytes of messages waiting for clients that have not read them yet",
+            value=state.send_buffer_bytes,
         )
         skipped = CounterMetricFamily(
             "whisperwire_partials_skipped",

@@ -77,6 +77,7 @@ class Whisperwire:
             queue_depth=self.scheduler.queue_depth,
             partials_superseded=self.scheduler.stats.partials_superseded,
             partials_dropped_slow_client=self.partials_dropped,
+            send_buffer_bytes=sum(c.send_backlog for c in self.connections),
         )
 
     def refusal(self, websocket: WebSocket) -> tuple[int, str, str] | None:
@@ -186,6 +187,10 @@ class Outbox:
         self._ready = asyncio.Event()
 
     @property
+    def size(self) -> int:
+        return self._bytes
+
+    @property
     def overflowing(self) -> bool:
         return self._bytes > self.limit
 
@@ -251,6 +256,11 @@ class Connection:
         self._arrived = 0.0  # when the item being handled reached the inbox
         self._final_asked: dict[int, float] = {}  # transcription_num -> when its audio ended
         self._audio_counted = 0.0
+
+    @property
+    def send_backlog(self) -> int:
+        """Bytes of messages waiting for the client to read the ones before them."""
+        return self._outbox.size
 
     def post(self, item: tuple[Any, ...]) -> None:
         self._inbox.append((self.loop.time(), item))
@@ -420,7 +430,14 @@ class Connection:
         if request.kind == "final":
             self._final_asked[request.transcription_num] = self._arrived
         future = self.app.scheduler.submit(request)
-        future.add_done_callback(lambda f: self.post(("result", request, f)))
+        future.add_done_callback(lambda f: self._inference_over(request, f))
+
+    def _inference_over(self, request: InferenceRequest, future: asyncio.Future[Result]) -> None:
+        if not future.cancelled():
+            # Marks the error as seen: a session that has ended never looks at its result, and
+            # asyncio would log every superseded partial of a vanished client as unhandled.
+            future.exception()
+        self.post(("result", request, future))
 
     # ------------------------------------------------------------------ the writer
 
