@@ -324,7 +324,7 @@ async def test_a_drain_that_runs_out_of_time_still_closes_every_session_1001(eng
 def test_short_soak_every_utterance_gets_exactly_one_final(tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--streams", "2", "--seconds", "20",
+        [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--streams", "2", "--seconds", "20", "--session-clips", "3",
          "--rss-every", "1", "--json", str(report_path), "--server-log", str(tmp_path / "server.log")],
         capture_output=True,
         text=True,

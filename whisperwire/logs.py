@@ -26,7 +26,7 @@ REDACTED = "[redacted]"
 _QUERY_KEY = re.compile(r"(api_key=)[^&\s\"'\\#]+", re.IGNORECASE)
 # "authorization: Api-Key k", ("authorization", "Bearer k"), (b'authorization', b'k'), JSON-escaped.
 _AUTH_HEADER = re.compile(
-    r"""(authorization['"\\]*\s*[:=,]\s*b?['"\\]*\s*(?:(?:api-key|bearer|basic|token)\s+)?)[^\s'"\\,)]+""",
+    r"""(authorization['"\\]*\s*[:=,]\s*(?:b?\\?['"])?\s*(?:(?:api-key|bearer|basic|token)\s+)?)[^\s'"\\,)]+""",
     re.IGNORECASE,
 )
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(session_id)s] %(message)s"
