@@ -243,8 +243,12 @@ def settings_table() -> str:
         f"| `--config` | `{CONFIG_ENV}` | — | none | a TOML file of the settings below, by config key |",
     ]
     for name, field in Settings.model_fields.items():
-        shown = _extra(name).get("shown") or f"`{_shown_default(name)}`"
-        rows.append(f"| `{flag_of(name)}` | `{env_of(name)}` | `{name}` | {shown} | {field.description} |")
+        default = field.default
+        shown = _extra(name).get("shown") or ("none" if default is None else f"`{_shown_default(name)}`")
+        flag = f"`{flag_of(name)}`"
+        if field.annotation is bool:
+            flag += f" / `--no-{flag_of(name)[2:]}`"
+        rows.append(f"| {flag} | `{env_of(name)}` | `{name}` | {shown} | {field.description} |")
     return "\n".join(rows)
 
 
