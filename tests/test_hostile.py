@@ -11,8 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import RunningServer, read_wav, start_server
 from tests.streaming import Received, converse, s16le, stream, word_error_rate
@@ -209,54 +208,25 @@ async def test_odd_but_valid_framing_is_transcribed_whole(server, speech, split)
 # --------------------------------------------------------------------------- limits of the strict server
 
 
-async def _silent_client(url: str, first: list[str | bytes]) -> Received:
-    """Send `first`, then nothing at all; collect what the server says and how it closes."""
-    received = Received()
-    async with connect(url, additional_headers=AUTH, max_size=None) as ws:
-        for frame in first:
-            await ws.send(frame)
-        try:
-            async for raw in ws:
-                received.messages.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-        received.close_code = ws.close_code
-    return received
-
-
-async def _fragmented_metadata(url: str) -> Received:
+async def slow_fragments() -> AsyncIterator[str]:
     """Slowloris over WebSocket: the metadata dribbles in as fragments, slower than the timeout."""
-
-    async def fragments() -> AsyncIterator[str]:
-        for piece in ('{"streaming', '_params"', ": {}}"):
-            yield piece
-            await asyncio.sleep(0.4)
-
-    received = Received()
-    async with connect(url, additional_headers=AUTH) as ws:
-        sender = asyncio.create_task(ws.send(fragments()))
-        try:
-            async for raw in ws:
-                received.messages.append(json.loads(raw))
-        except ConnectionClosed:
-            pass
-        received.close_code = ws.close_code
-        sender.cancel()
-        await asyncio.gather(sender, return_exceptions=True)
-    return received
+    for piece in ('{"streaming', '_params"', ": {}}"):
+        yield piece
+        await asyncio.sleep(0.4)
 
 
 TIMEOUTS = [
-    ("no metadata (slowloris)", lambda url: _silent_client(url, []), "metadata_timeout"),
-    ("metadata in slow fragments", _fragmented_metadata, "metadata_timeout"),
-    ("idle after the metadata", lambda url: _silent_client(url, ["{}"]), "idle_timeout"),
-    ("idle mid-utterance", lambda url: _silent_client(url, ["{}", s16le(SILENCE[:8000])]), "idle_timeout"),
+    ("no metadata (slowloris)", lambda: [], "metadata_timeout"),
+    ("metadata in slow fragments", lambda: [slow_fragments()], "metadata_timeout"),
+    ("idle after the metadata", lambda: ["{}"], "idle_timeout"),
+    ("idle mid-utterance", lambda: ["{}", s16le(SILENCE[:8000])], "idle_timeout"),
 ]
 
 
-@pytest.mark.parametrize(("exchange", "code"), [c[1:] for c in TIMEOUTS], ids=[c[0] for c in TIMEOUTS])
-async def test_silence_past_a_limit_closes_1008(strict, speech, exchange, code) -> None:
-    received = await alongside(strict.url, speech, exchange(strict.url), AUTH)
+@pytest.mark.parametrize(("frames", "code"), [c[1:] for c in TIMEOUTS], ids=[c[0] for c in TIMEOUTS])
+async def test_silence_past_a_limit_closes_1008(strict, speech, frames, code) -> None:
+    # The client sends these frames, then nothing more, and waits for the server's close.
+    received = await alongside(strict.url, speech, converse(strict.url, frames(), headers=AUTH), AUTH)
     assert_closed_with(received, code, 1008)
     assert "0.5 s" in received.errors[0]["error"]["message"]
 
