@@ -264,6 +264,8 @@ class FaultyEngine:
         self._hang_s = hang_s
 
     def count_tokens(self, text: str) -> int:
+        if text == "break the tokenizer":  # a bug outside inference, while reading metadata
+            raise TypeError("injected tokenizer failure")
         return self._engine.count_tokens(text)
 
     def detect_language(self, audio: np.ndarray, language_options: tuple[str, ...] = ()) -> tuple[str, float]:
@@ -295,6 +297,20 @@ async def test_an_inference_that_raises_closes_that_session_1011_with_its_id(eng
         after = await stream(running.url, {}, audio)
         assert word_error_rate(clip.reference, after.text) <= 0.2 and after.close_code == 1000
         assert metric(running.http, "whisperwire_errors_total", code="internal_error") == 1
+
+
+async def test_an_unexpected_exception_in_a_session_costs_only_that_session(engine, vad, clips) -> None:
+    clip = clips["en_timit_LDC93S1.wav"]
+    audio = s16le(np.concatenate([read_wav(clip.path), SILENCE]))
+    with start_server(FaultyEngine(engine), vad) as running:
+        broken, healthy = await asyncio.gather(
+            converse(running.url, [json.dumps({"whisper_params": {"prompt": "break the tokenizer"}})]),
+            stream(running.url, {}, audio),
+        )
+        [error] = broken.errors
+        assert error["error"]["code"] == "internal_error" and broken.close_code == 1011
+        assert "session " in error["error"]["message"]
+        assert word_error_rate(clip.reference, healthy.text) <= 0.2 and healthy.close_code == 1000
 
 
 async def test_a_drain_that_runs_out_of_time_still_closes_every_session_1001(engine, vad, clips) -> None:

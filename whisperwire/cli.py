@@ -59,6 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format, secrets=settings.api_keys)
+    if settings.log_level != "debug":
+        # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise here.
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
     if not settings.api_keys:
         if not is_loopback_host(settings.host) and not settings.allow_open:
             print(

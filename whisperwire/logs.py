@@ -48,9 +48,13 @@ class Redactor:
 class _SessionField(logging.Filter):
     """Gives every record a session_id: its own `extra`, else the connection it runs in."""
 
+    def __init__(self, missing: str | None) -> None:
+        super().__init__()
+        self._missing = missing  # for lines about no session
+
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, "session_id", None) is None:
-            record.session_id = SESSION_ID.get()
+            record.session_id = SESSION_ID.get() or self._missing
         return True
 
 
@@ -60,13 +64,7 @@ class _RedactingText(logging.Formatter):
         self._redact = redact
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.session_id is None:  # type: ignore[attr-defined]
-            record.session_id = "-"
-        try:
-            return self._redact(super().format(record))
-        finally:
-            if record.session_id == "-":  # type: ignore[attr-defined]
-                record.session_id = None
+        return self._redact(super().format(record))
 
 
 class _RedactingJson(JsonFormatter):
@@ -92,8 +90,12 @@ def configure_logging(level: str, log_format: LogFormat = "text", secrets: Itera
     """Send every logger's records, uvicorn's included, through one redacting handler on stderr."""
     redact = Redactor(secrets)
     handler = logging.StreamHandler(sys.stderr)
-    handler.addFilter(_SessionField())
-    handler.setFormatter(_RedactingJson(redact) if log_format == "json" else _RedactingText(redact))
+    if log_format == "json":
+        handler.addFilter(_SessionField(missing=None))  # the key is left out
+        handler.setFormatter(_RedactingJson(redact))
+    else:
+        handler.addFilter(_SessionField(missing="-"))
+        handler.setFormatter(_RedactingText(redact))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -326,6 +326,7 @@ class Connection:
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:
+                self._arrived = self.loop.time()
                 return None
         return self._take()
 
@@ -352,9 +353,11 @@ class Connection:
             return session.timeout(now)
         kind = item[0]
         if kind == "bytes":
-            frames = [item[1]]
+            frames, first_arrived = [item[1]], self._arrived
             while self._inbox and self._inbox[0][1][0] == "bytes":
                 frames.append(self._take()[1])
+            # A final asked for in this batch is timed from its first frame: an upper bound.
+            self._arrived = first_arrived
             # Decoding, resampling and VAD leave the event loop: other sessions keep flowing.
             events = await asyncio.to_thread(self._feed, frames, now)
             self._count_audio()
