@@ -87,7 +87,15 @@ class RunningServer:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        asyncio.run(self.server.serve(sockets=[self._sock]))
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.server.serve(sockets=[self._sock])
+
+    def run_on_server(self, coroutine, timeout: float = 60.0):  # noqa: ANN001, ANN201
+        """Run a coroutine on the server's own event loop (e.g. the app's drain) and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     @property
     def url(self) -> str:

@@ -6,13 +6,14 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import soxr
 from jiwer import wer
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from whisper_normalizer.english import EnglishTextNormalizer
 
@@ -93,42 +94,73 @@ async def stream(
 
     `controls` maps a byte offset to a text frame sent when the audio reaches it.
     """
-    received = Received()
     frame = max(1, bytes_per_second * frame_ms // 1000)
+
+    async def send(ws: ClientConnection, started: float) -> None:
+        if metadata is not None:
+            await ws.send(metadata if isinstance(metadata, str) else json.dumps(metadata))
+        pending = dict(sorted((controls or {}).items()))
+        for offset in range(0, len(audio), frame):
+            for at in [a for a in pending if a <= offset]:
+                await ws.send(pending.pop(at))
+            if speed > 0:
+                lag = started + offset / bytes_per_second / speed - time.monotonic()
+                if lag > 0:
+                    await asyncio.sleep(lag)
+            await ws.send(audio[offset : offset + frame])
+        for text in pending.values():
+            await ws.send(text)
+        if end is not None:
+            await ws.send(end)
+
+    return await _session(url, send, headers, timeout)
+
+
+async def converse(
+    url: str,
+    frames: list[Any],
+    *,
+    headers: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> Received:
+    """Send `frames` as they are (text, binary, or an async iterator: one fragmented message),
+    then collect everything until the server closes."""
+
+    async def send(ws: ClientConnection, started: float) -> None:
+        for frame in frames:
+            await ws.send(frame)
+
+    return await _session(url, send, headers, timeout)
+
+
+async def _session(
+    url: str,
+    send: Callable[[ClientConnection, float], Awaitable[None]],
+    headers: dict[str, str] | None,
+    timeout: float,
+) -> Received:
+    """Run `send` while collecting every message until the server closes."""
+    received = Received()
     async with connect(url, additional_headers=headers or {}, max_size=None, open_timeout=30) as ws:
         started = time.monotonic()
-
-        async def reader() -> None:
-            try:
-                async for raw in ws:
-                    received.messages.append(json.loads(raw))
-                    received.arrival.append(time.monotonic() - started)
-            except ConnectionClosed:
-                pass
-
-        task = asyncio.create_task(reader())
+        task = asyncio.create_task(_collect(ws, received, started))
         try:
-            if metadata is not None:
-                await ws.send(metadata if isinstance(metadata, str) else json.dumps(metadata))
-            pending = dict(sorted((controls or {}).items()))
-            for offset in range(0, len(audio), frame):
-                for at in [a for a in pending if a <= offset]:
-                    await ws.send(pending.pop(at))
-                if speed > 0:
-                    lag = started + offset / bytes_per_second / speed - time.monotonic()
-                    if lag > 0:
-                        await asyncio.sleep(lag)
-                await ws.send(audio[offset : offset + frame])
-            for text in pending.values():
-                await ws.send(text)
-            if end is not None:
-                await ws.send(end)
+            await send(ws, started)
         except ConnectionClosed:
             pass
         await asyncio.wait_for(task, timeout)
         received.close_code = ws.close_code
         received.close_reason = ws.close_reason or ""
     return received
+
+
+async def _collect(ws: ClientConnection, received: Received, started: float) -> None:
+    try:
+        async for raw in ws:
+            received.messages.append(json.loads(raw))
+            received.arrival.append(time.monotonic() - started)
+    except ConnectionClosed:
+        pass
 
 
 def words(text: str) -> list[str]:

@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import read_wav
 from tests.streaming import s16le, word_error_rate
@@ -116,37 +118,72 @@ def test_serve_with_a_missing_model_exits_with_a_clear_message(tmp_path: Path) -
     assert "could not load model" in done.stderr and "model.bin" in done.stderr
 
 
-def test_sigterm_flushes_buffered_speech_then_closes_1001(clips) -> None:
+def test_serve_with_corrupt_weights_exits_with_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.bin").write_bytes(b"not a CTranslate2 model" * 100)
+    done = subprocess.run(whisperwire("serve", "--model", str(tmp_path)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert f"error: could not load model {str(tmp_path)!r}" in done.stderr and "model binary version" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_sigterm_drains_every_session_then_exits(clips, tmp_path: Path) -> None:
     port = free_port()
-    process = subprocess.Popen(whisperwire("serve", "--port", str(port)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        process = subprocess.Popen(whisperwire("serve", "--port", str(port), "--drain-timeout", "30"), stdout=sink, stderr=sink)
+    # Three sessions, each cut while its speaker is mid-sentence: no end of speech yet.
+    names = {"en_new_home_in_the_stars.wav": "stars", "en_harvard_birch_canoe.wav": "canoe", "en_jfk_inaugural_11s.wav": "fellow"}
+    hold = {"streaming_vad_config": {"min_silence_duration_ms": 5000}}
+    url = f"ws://127.0.0.1:{port}/v1/websocket"
+
+    async def talk(name: str, ready: asyncio.Event) -> tuple[list[dict], int | None]:
+        async with connect(url) as ws:
+            await ws.send(json.dumps(hold))
+            await ws.send(s16le(read_wav(clips[name].path)[: int(3.0 * 16_000)]))
+            ready.set()
+            messages = [json.loads(raw) async for raw in ws]
+            return messages, ws.close_code
+
+    def readiness() -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.loads(refused.read())
+
+    async def drain_while_watching() -> tuple[list, list[tuple[int, dict]], int, float]:
+        ready = [asyncio.Event() for _ in names]
+        talks = [asyncio.create_task(talk(name, event)) for name, event in zip(names, ready)]
+        await asyncio.gather(*(event.wait() for event in ready))
+        await asyncio.sleep(1.0)  # let the server take the audio in
+        assert readiness() == (200, {"ready": True, "reasons": []})
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        seen = []
+        while not all(t.done() for t in talks):
+            seen.append(await asyncio.to_thread(readiness))
+            if len(seen) == 1:  # new sessions are refused while the old ones finish
+                with pytest.raises(InvalidStatus) as refused:
+                    async with connect(url):
+                        pass
+                refused_status = refused.value.response.status_code
+            await asyncio.sleep(0.05)
+        return await asyncio.gather(*talks), seen, refused_status, sent
+
     try:
         wait_healthy(port, process)
-        clip = clips["en_new_home_in_the_stars.wav"]
-        speech = read_wav(clip.path)[: int(3.0 * 16_000)]  # cut while speech goes on: no end of speech
-
-        async def talk_then_terminate_server() -> tuple[list[dict], int | None]:
-            async with connect(f"ws://127.0.0.1:{port}/v1/websocket") as ws:
-                await ws.send(json.dumps({"streaming_vad_config": {"min_silence_duration_ms": 5000}}))
-                await ws.send(s16le(speech))
-                await asyncio.sleep(1.0)  # let the server take the audio in
-                process.send_signal(signal.SIGTERM)
-                messages = [json.loads(raw) async for raw in ws]
-                return messages, ws.close_code
-
-        messages, code = asyncio.run(talk_then_terminate_server())
-        assert code == 1001
-        [final] = messages
-        assert final["is_final"] and "stars" in final["transcript"].lower()
+        results, seen, refused_status, sent = asyncio.run(drain_while_watching())
         assert process.wait(timeout=30) == 0
+        exited = time.monotonic() - sent
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-
-
-def test_api_keys_come_from_repeated_flags_and_the_environment(monkeypatch) -> None:
-    from whisperwire.cli import _api_keys, _parser
-
-    monkeypatch.setenv("WHISPERWIRE_API_KEY", "env-one, env-two")
-    args = _parser().parse_args(["serve", "--api-key", "flag", "--api-key", "env-one"])
-    assert _api_keys(args) == ("flag", "env-one", "env-two")
+    assert seen and seen[0] == (503, {"ready": False, "reasons": ["draining"]}), seen
+    assert refused_status == 503
+    for (messages, code), word in zip(results, names.values()):
+        assert code == 1001
+        [final] = messages  # the buffered speech got its one final before the close
+        assert final["is_final"] and word in final["transcript"].lower(), final
+    assert exited < 30, exited  # well inside the drain timeout

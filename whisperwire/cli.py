@@ -5,21 +5,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from types import FrameType
+from typing import Any
 
 import numpy as np
 import uvicorn
 
 from . import __version__
 from .client import is_loopback_host
-from .protocol import SessionLimits
+from .logs import configure_logging
+from .settings import Settings, SettingsError, add_arguments, env_of, load_settings, usable_cores
 
 log = logging.getLogger("whisperwire")
-
-API_KEY_ENV = "WHISPERWIRE_API_KEY"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,51 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"whisperwire {__version__}")
     commands = parser.add_subparsers(title="commands")
 
-    serve = commands.add_parser("serve", help="run the WebSocket server")
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on [%(default)s]")
-    serve.add_argument("--port", type=int, default=8000, help="[%(default)s]")
-    serve.add_argument(
-        "--model",
-        default="tiny.en",
-        help="tiny.en (embedded, default), base (multilingual, offline), a CTranslate2 model "
-        "directory, or a hub id (needs the network)",
+    serve = commands.add_parser(
+        "serve",
+        help="run the WebSocket server",
+        description="Each setting comes from its flag, else its environment variable, else the "
+        "config file, else its default (docs/serving.md has the table).",
     )
-    serve.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    serve.add_argument("--compute-type", default="default", help="int8 on cpu, float16 on cuda by default")
-    serve.add_argument(
-        "--cpu-threads",
-        type=int,
-        default=_usable_cores(),
-        help="threads for CTranslate2 on cpu [the cores this process may use]",
-    )
-    serve.add_argument("--cache-dir", default=None, help="where the base model is assembled")
-    serve.add_argument(
-        "--api-key",
-        action="append",
-        default=[],
-        help=f"accepted API key; repeat for several (also ${API_KEY_ENV}, comma-separated)",
-    )
-    serve.add_argument("--allow-open", action="store_true", help="serve without API keys on a non-loopback address")
-    serve.add_argument(
-        "--metadata-timeout",
-        type=float,
-        default=SessionLimits.metadata_timeout_s,
-        help="seconds a client has to send its metadata [%(default)s]",
-    )
-    serve.add_argument(
-        "--idle-timeout",
-        type=float,
-        default=SessionLimits.idle_timeout_s,
-        help="seconds without any frame before a session is closed [%(default)s]",
-    )
-    serve.add_argument(
-        "--max-frame-bytes",
-        type=int,
-        default=SessionLimits.max_frame_bytes,
-        help="largest WebSocket message accepted [%(default)s]",
-    )
-    serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for finals")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    add_arguments(serve)
     serve.set_defaults(run=_serve)
 
     from .client import add_stream_arguments, run_stream
@@ -97,28 +58,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usable_cores() -> int:
-    # CTranslate2's own default (min(4, all cores)) ignores CPU affinity and container cpusets.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
-    from_env = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
-    return tuple(dict.fromkeys([*args.api_key, *from_env]))
-
-
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keys = _api_keys(args)
-    if not keys:
-        if not is_loopback_host(args.host) and not args.allow_open:
+    try:
+        settings = load_settings({k: v for k, v in vars(args).items() if k != "run"})
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format, secrets=settings.api_keys)
+    if settings.log_level != "debug":
+        # faster-whisper logs every call at INFO ("Processing audio with duration ..."): noise here.
+        logging.getLogger("faster_whisper").setLevel(logging.WARNING)
+    if not settings.api_keys:
+        if not is_loopback_host(settings.host) and not settings.allow_open:
             print(
-                f"error: refusing to serve without API keys on {args.host}; give --api-key "
-                f"(or ${API_KEY_ENV}), or --allow-open to serve open on purpose",
+                f"error: refusing to serve without API keys on {settings.host}; give --api-key "
+                f"(or ${env_of('api_keys')}, or --api-key-file), or --allow-open to serve open on purpose",
                 file=sys.stderr,
             )
             return 2
-        log.warning("NO API KEYS: anyone who can reach %s:%d can use this server", args.host, args.port)
+        log.warning("NO API KEYS: anyone who can reach %s:%d can use this server", settings.host, settings.port)
 
     from .engine import load_engine
     from .models import ModelError
@@ -126,44 +84,55 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         engine = load_engine(
-            args.model,
-            device=args.device,
-            compute_type=args.compute_type,
-            cpu_threads=args.cpu_threads,
-            cache_dir=args.cache_dir,
+            settings.model,
+            device=settings.device,
+            compute_type=settings.compute_type,
+            cpu_threads=settings.cpu_threads or usable_cores(),
+            cache_dir=settings.cache_dir,
         )
         # The first inference pays for lazy initialisation; pay it before the first client does.
         engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
     except ModelError as exc:
-        print(f"error: could not load model {args.model!r}: {exc}", file=sys.stderr)
+        print(f"error: could not load model {settings.model!r}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # CTranslate2 raises RuntimeError/ValueError for bad weights or devices
-        print(f"error: could not load model {args.model!r} on {args.device}: {exc}", file=sys.stderr)
+        print(f"error: could not load model {settings.model!r} on {settings.device}: {exc}", file=sys.stderr)
         return 1
 
-    limits = SessionLimits(
-        metadata_timeout_s=args.metadata_timeout,
-        idle_timeout_s=args.idle_timeout,
-        max_frame_bytes=args.max_frame_bytes,
+    config = ServerConfig(
+        api_keys=settings.api_keys,
+        allowed_origins=settings.allowed_origins,
+        limits=settings.limits,
+        send_buffer_bytes=settings.send_buffer_bytes,
+        drain_timeout_s=settings.drain_timeout,
     )
-    config = ServerConfig(api_keys=keys, limits=limits, drain_timeout_s=args.drain_timeout)
     app = create_app(engine, config)
-    log.info("model %s loaded on %s; listening on ws://%s:%d/v1/websocket", args.model, args.device, args.host, args.port)
-    server = DrainingServer(
-        uvicorn.Config(
-            app,
-            host=args.host,
-            port=args.port,
-            ws="websockets-sansio",
-            ws_max_size=limits.max_frame_bytes,
-            ws_ping_interval=20.0,
-            ws_ping_timeout=20.0,
-            log_level=args.log_level,
-            timeout_graceful_shutdown=5,
-        )
+    scheme = "wss" if settings.tls else "ws"
+    log.info(
+        "model %s loaded on %s; listening on %s://%s:%d/v1/websocket",
+        settings.model, settings.device, scheme, settings.host, settings.port,
     )
-    server.run()
+    DrainingServer(uvicorn_config(app, settings)).run()
     return 0
+
+
+def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
+    """How `serve` runs the app under uvicorn; logging stays with logs.configure_logging."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=settings.access_log,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_keyfile=settings.ssl_keyfile,
+        timeout_graceful_shutdown=5,
+    )
 
 
 def _warmup_options():  # noqa: ANN202 - DecodeOptions, imported lazily with the engine

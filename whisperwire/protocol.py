@@ -40,6 +40,7 @@ class ErrorCode(enum.StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL_ERROR = "internal_error"
     SERVER_BUSY = "server_busy"
+    CLIENT_TOO_SLOW = "client_too_slow"
 
 
 # The close code that follows each error; None means the session stays open.
@@ -53,6 +54,7 @@ CLOSE_CODE_FOR: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.FRAME_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.CLIENT_TOO_SLOW: CloseCode.POLICY_VIOLATION,
 }
 
 
@@ -75,7 +77,8 @@ class ProtocolError(Exception):
 
 class _Strict(BaseModel):
     # Strict: a "0.5" string or a 1 for a bool is a client bug worth reporting, not coercing.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # Python's json accepts NaN and Infinity, which no setting here can mean.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 Encoding = Literal["pcm_s16le", "pcm_f32le", "pcm_mulaw", "pcm_alaw"]
@@ -119,6 +122,17 @@ class WhisperParams(_Strict):
     show_word_timestamps: bool = False
     whisper_sampling_params: SamplingParams = SamplingParams()
 
+    @field_validator("prompt")
+    @classmethod
+    def _encodable(cls, value: str | None) -> str | None:
+        # JSON escapes can carry a lone surrogate, which no tokenizer accepts.
+        if value is not None and not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text (it holds a lone surrogate)") from None
+        return value
+
     @field_validator("audio_language")
     @classmethod
     def _known_language(cls, value: str) -> str:
@@ -161,10 +175,11 @@ def _normalise_legacy(raw: dict[str, Any]) -> dict[str, Any]:
             return  # validation reports the wrong type
         for key, value in values.items():
             if key in target:
+                given = f"{source}.{key}" if source else key  # "" is the top level
                 raise ProtocolError(
                     ErrorCode.INVALID_METADATA,
-                    f"{source}.{key} conflicts with {section}.{key}; give it once",
-                    f"{source}.{key}",
+                    f"{given} conflicts with {section}.{key}; give it once",
+                    given,
                 )
             target = {**target, key: value}
         data[section] = target
@@ -270,7 +285,8 @@ def _range_message(path: str, error: dict[str, Any]) -> str:
 
 def parse_metadata(text: str | bytes) -> Metadata:
     """Parse the first text frame; raise ProtocolError(invalid_metadata) naming the fault."""
-    if len(text) > MAX_METADATA_BYTES:
+    size = len(text) if isinstance(text, bytes) else len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
         raise ProtocolError(
             ErrorCode.INVALID_METADATA,
             f"metadata is larger than {MAX_METADATA_BYTES} bytes",
@@ -281,6 +297,9 @@ def parse_metadata(text: str | bytes) -> Metadata:
         raise ProtocolError(
             ErrorCode.INVALID_METADATA, f"metadata is not valid JSON: {exc}"
         ) from None
+    except RecursionError:
+        # 64 KiB of brackets nests deeper than the interpreter's stack allows.
+        raise ProtocolError(ErrorCode.INVALID_METADATA, "metadata is nested too deeply") from None
     if not isinstance(raw, dict):
         raise ProtocolError(
             ErrorCode.INVALID_METADATA,

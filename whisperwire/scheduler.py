@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .engine import Engine, Result
@@ -41,8 +42,10 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, on_inference: Callable[[str, float], None] | None = None) -> None:
         self.engine = engine
+        # Told (kind, seconds) after every engine call, on the worker thread: the metrics.
+        self._on_inference = on_inference
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
         self._partials: OrderedDict[str, _Job] = OrderedDict()  # one per session, oldest first
@@ -93,6 +96,10 @@ class Scheduler:
             self._finals = kept
 
     @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def queue_depth(self) -> int:
         with self._ready:
             return len(self._finals) + len(self._partials)
@@ -123,11 +130,15 @@ class Scheduler:
             try:
                 result = self._run(job.request)
             except Exception as exc:  # reported to the session, which closes with 1011
-                log.exception("inference failed for session %s", job.request.session_id)
+                session_id = job.request.session_id
+                log.exception("inference failed for session %s", session_id, extra={"session_id": session_id})
                 job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
                 continue
             finally:
-                self.stats.busy_seconds += time.monotonic() - began
+                elapsed = time.monotonic() - began
+                self.stats.busy_seconds += elapsed
+                if self._on_inference is not None:
+                    self._on_inference(job.request.kind, elapsed)
             if job.request.kind == "final":
                 self.stats.finals_done += 1
             else:

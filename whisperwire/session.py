@@ -214,14 +214,23 @@ class Session:
         return self._emit_finals()
 
     def inference_failed(self, request: InferenceRequest, error: BaseException) -> list[Event]:
+        return self.internal_error(f"recognition failed ({type(error).__name__})")
+
+    def internal_error(self, what: str) -> list[Event]:
+        """Something broke inside the server: the client hears which session, then 1011."""
+        return self.abort(ProtocolError(ErrorCode.INTERNAL_ERROR, f"{what}; session {self.session_id}"))
+
+    def abort(self, error: ProtocolError) -> list[Event]:
+        """End the session at once for a reason of the server's: its error, then its close code."""
         if self.state is State.CLOSED:
             return []
-        return self._fail(
-            ProtocolError(
-                ErrorCode.INTERNAL_ERROR,
-                f"recognition failed ({type(error).__name__}); session {self.session_id}",
-            )
-        )
+        return self._fail(error)
+
+    def stop(self, code: CloseCode, reason: str) -> list[Event]:
+        """Close now, with no message and without waiting for outstanding finals."""
+        if self.state is State.CLOSED:
+            return []
+        return self._close(code, reason)
 
     def shutdown(self) -> list[Event]:
         """The server is going away: flush buffered speech, then close with 1001."""
@@ -231,6 +240,13 @@ class Session:
             self._close_code_when_done = CloseCode.GOING_AWAY
             return []
         return self._guard(lambda: self._wind_down(CloseCode.GOING_AWAY))
+
+    @property
+    def audio_received_s(self) -> float:
+        """Seconds of audio received so far, at the declared rate."""
+        if self._decoder is None:
+            return 0.0
+        return self._decoder.samples_in / self._decoder.sample_rate
 
     def deadline(self) -> float | None:
         """When timeout() must be called if nothing else arrives first."""
