@@ -66,6 +66,16 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def settled_rss_kb(pid: int) -> int:
+    """RSS once transient buffers are gone: inference still finishing for a vanished session
+    and the allocators' working space make single readings swing by tens of MB."""
+    samples = []
+    for _ in range(6):
+        time.sleep(0.5)
+        samples.append(rss_kb(pid))
+    return min(samples)
+
+
 def open_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
@@ -100,14 +110,13 @@ def test_200_abrupt_disconnects_leave_no_sessions_memory_or_descriptors(clips, t
     try:
         wait_healthy(port, process)
         asyncio.run(wave(60))  # warm-up: allocator pools and caches reach their working size
-        time.sleep(1.0)
-        rss_before, fds_before = rss_kb(process.pid), open_fds(process.pid)
+        rss_before, fds_before = settled_rss_kb(process.pid), open_fds(process.pid)
         superseded_before = metric(http, "whisperwire_partials_skipped_total", reason="superseded")
         asyncio.run(wave(200))
-        time.sleep(1.0)
-        rss_after, fds_after = rss_kb(process.pid), open_fds(process.pid)
-        # A leaked session would keep ≥ 256 KB: 200 of them ≥ 50 MB.
-        assert rss_after - rss_before < 20_000, (rss_before, rss_after)
+        rss_after, fds_after = settled_rss_kb(process.pid), open_fds(process.pid)
+        # A session kept alive holds its samples, VAD state and buffers: several MB each when
+        # measured (200 of them: hundreds of MB). Noise between waves stays under the margin.
+        assert rss_after - rss_before < 40_000, (rss_before, rss_after)
         assert fds_after - fds_before <= 2, (fds_before, fds_after)
         # Their waiting partials were dropped rather than run for nobody.
         assert metric(http, "whisperwire_partials_skipped_total", reason="superseded") > superseded_before
@@ -190,11 +199,15 @@ async def test_a_client_that_does_not_read_loses_partials_first_then_is_closed_1
 
         async def fill_until_blocked() -> None:
             # Kernel buffers take a few MB; once they are full the server's own buffer fills.
+            # Blocked means: a backlog that does not shrink for a second with nothing new sent.
             for _ in range(400):
                 slow.send(junk)
                 await asyncio.sleep(0.05)
-                if await asyncio.to_thread(metric, http, "whisperwire_send_buffer_bytes") > 0:
-                    return
+                backlog = await asyncio.to_thread(metric, http, "whisperwire_send_buffer_bytes")
+                if backlog > 0:
+                    await asyncio.sleep(1.0)
+                    if await asyncio.to_thread(metric, http, "whisperwire_send_buffer_bytes") >= backlog:
+                        return
             raise AssertionError("the server never had to buffer for the non-reader")
 
         async def the_non_reader() -> None:
