@@ -16,6 +16,7 @@ import uvicorn
 from . import __version__
 from .client import is_loopback_host
 from .protocol import SessionLimits
+from .server import ServerConfig
 
 log = logging.getLogger("whisperwire")
 
@@ -80,6 +81,30 @@ def _parser() -> argparse.ArgumentParser:
         help="largest WebSocket message accepted [%(default)s]",
     )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for finals")
+    serve.add_argument(
+        "--max-sessions",
+        type=int,
+        default=ServerConfig.max_sessions,
+        help="refuse new streams (server_busy, 1013) at this many open sessions; 0: no limit [%(default)s]",
+    )
+    serve.add_argument(
+        "--max-queue-wait",
+        type=float,
+        default=ServerConfig.max_queue_wait_s,
+        help="refuse new streams while a final has waited this many seconds for recognition; 0: no limit [%(default)s]",
+    )
+    serve.add_argument(
+        "--encoder-window",
+        choices=["fit", "full"],
+        default="fit",
+        help="fit: encode a 15/20/25/30 s window that holds the utterance; full: always 30 s [%(default)s]",
+    )
+    serve.add_argument(
+        "--draft-finals",
+        action=argparse.BooleanOptionalAction,
+        default=ServerConfig.draft_finals,
+        help="start recognising a final when the silence begins, not when its window has passed [on]",
+    )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
 
@@ -116,7 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .engine import load_engine
     from .models import ModelError
-    from .server import ServerConfig, create_app
+    from .server import create_app
 
     try:
         engine = load_engine(
@@ -125,6 +150,7 @@ def _serve(args: argparse.Namespace) -> int:
             compute_type=args.compute_type,
             cpu_threads=args.cpu_threads,
             cache_dir=args.cache_dir,
+            fit_window=args.encoder_window == "fit",
         )
         # The first inference pays for lazy initialisation; pay it before the first client does.
         engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
@@ -140,7 +166,14 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         max_frame_bytes=args.max_frame_bytes,
     )
-    config = ServerConfig(api_keys=keys, limits=limits, drain_timeout_s=args.drain_timeout)
+    config = ServerConfig(
+        api_keys=keys,
+        limits=limits,
+        drain_timeout_s=args.drain_timeout,
+        max_sessions=args.max_sessions or None,
+        max_queue_wait_s=args.max_queue_wait or None,
+        draft_finals=args.draft_finals,
+    )
     app = create_app(engine, config)
     log.info("model %s loaded on %s; listening on ws://%s:%d/v1/websocket", args.model, args.device, args.host, args.port)
     server = DrainingServer(

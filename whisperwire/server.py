@@ -24,9 +24,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .engine import Engine, Result
-from .protocol import SessionLimits
+from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError, SessionLimits
 from .scheduler import Scheduler, Superseded
 from .session import (
+    CancelInference,
     CloseConnection,
     Event,
     InferenceRequest,
@@ -46,6 +47,12 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
+    # Admission control: a new stream is refused (server_busy, 1013) at max_sessions open
+    # sessions (None: no limit), or while a final has waited longer than max_queue_wait_s for
+    # the inference thread, which means the streams already admitted are falling behind.
+    max_sessions: int | None = 64
+    max_queue_wait_s: float | None = 3.0
+    draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
 
 
 class Whisperwire:
@@ -68,6 +75,24 @@ class Whisperwire:
         # Check every key, so timing says nothing about which one nearly matched.
         matches = [hmac.compare_digest(offered.encode(), key.encode()) for key in self.config.api_keys]
         return any(matches)
+
+    def refusal(self) -> str | None:
+        """Why a new stream cannot be taken now, or None if it can."""
+        limit = self.config.max_sessions
+        if limit is not None and len(self.connections) >= limit:
+            return f"server at capacity: {len(self.connections)} sessions open, the limit is {limit}; try again later"
+        wait_limit = self.config.max_queue_wait_s
+        waited = self.scheduler.load().oldest_final_wait_s
+        if wait_limit is not None and waited > wait_limit:
+            return (
+                f"server overloaded: finals are waiting {waited:.1f} s for recognition "
+                f"(limit {wait_limit:g} s); try again later"
+            )
+        return None
+
+    def session_lags(self) -> dict[str, float]:
+        """Each live session's lag in seconds (Session.lag_s), by session id."""
+        return {c.session.session_id: c.session.lag_s for c in self.connections}
 
     async def drain(self) -> None:
         """Stop taking sessions; flush every live one's finals and close it with 1001."""
@@ -105,6 +130,7 @@ class Connection:
             new_vad=app.vad.new_stream,
             limits=app.config.limits,
             now=self.loop.time(),
+            draft_finals=app.config.draft_finals,
         )
         self.done = asyncio.Event()
         self._inbox: deque[tuple[Any, ...]] = deque()
@@ -198,6 +224,8 @@ class Connection:
                     await self.websocket.send_text(event.message.model_dump_json())
                 elif isinstance(event, RunInference):
                     self._submit(event.request)
+                elif isinstance(event, CancelInference):
+                    self.app.scheduler.withdraw(event.request)
                 elif isinstance(event, CloseConnection):
                     log.info("session %s: closing with %d %s", self.session.session_id, event.code, event.reason)
                     await self.websocket.close(int(event.code), event.reason)
@@ -209,6 +237,17 @@ class Connection:
     def _submit(self, request: InferenceRequest) -> None:
         future = self.app.scheduler.submit(request)
         future.add_done_callback(lambda f: self.post(("result", request, f)))
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    log.warning("refused a session: %s", reason)
+    error = ProtocolError(ErrorCode.SERVER_BUSY, reason)
+    await websocket.accept()
+    try:
+        await websocket.send_text(ErrorMessage.from_error(error).model_dump_json())
+        await websocket.close(int(CloseCode.TRY_AGAIN_LATER), ErrorCode.SERVER_BUSY.value)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client left first
 
 
 def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVAD | None = None) -> Starlette:
@@ -225,11 +264,15 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
                 PlainTextResponse("server shutting down", status_code=503)
             )
             return
-        await websocket.accept()
+        refusal = state.refusal()
+        if refusal is not None:
+            await _refuse(websocket, refusal)
+            return
         connection = Connection(websocket, state)
-        state.connections.add(connection)
-        log.info("session %s: opened", connection.session.session_id)
+        state.connections.add(connection)  # before any await: the limit holds for concurrent handshakes
         try:
+            await websocket.accept()
+            log.info("session %s: opened", connection.session.session_id)
             await connection.run()
         finally:
             state.connections.discard(connection)
