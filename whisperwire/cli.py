@@ -113,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     stream = commands.add_parser("stream", help="stream an audio file to a server and print transcripts")
     add_stream_arguments(stream)
     stream.set_defaults(run=run_stream)
+
+    from .bench import add_bench_arguments, run_bench
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure final latency, partial cadence, WER and capacity with N live streams (BENCHMARKS.md)",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_bench)
     return parser
 
 

@@ -208,7 +208,13 @@ class Scheduler:
                 self._finish(job, _set_exception, exc)
                 continue
             finally:
-                self.stats.busy_seconds += time.monotonic() - began
+                ran = time.monotonic() - began
+                self.stats.busy_seconds += ran
+            log.debug(
+                "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s",
+                job.request.kind, job.request.session_id, job.request.transcription_num,
+                len(job.request.audio) / 16_000, began - job.queued_at, ran,
+            )
             self._count(job)
             self._finish(job, _set_result, result)
 
