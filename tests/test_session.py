@@ -432,3 +432,18 @@ def test_lag_counts_audio_received_since_the_oldest_final_still_waiting() -> Non
     assert session.lag_s == pytest.approx(2.32, abs=0.04)  # the final still has not come back
     session.inference_done(final, result("done"))
     assert session.lag_s < 0.04
+
+
+def test_vad_in_runs_of_three_windows_finds_the_same_utterances_a_little_later() -> None:
+    audio = np.concatenate([speech(1.0), silence(0.5), speech(0.7), silence(0.5)])
+    single = requests(feed(make_session(), audio))
+    batched_session = Session("sess-1", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, vad_batch=3)
+    batched_session.receive_text("{}", now=0.0)
+    batched = requests(feed(batched_session, audio))
+    assert [(r.offset_s, len(r.audio)) for r in batched] == [(r.offset_s, len(r.audio)) for r in single]
+    # Speech not yet scored is still seen by finalize and terminate.
+    late = Session("sess-2", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, vad_batch=3)
+    late.receive_text("{}", now=0.0)
+    assert requests(feed(late, np.concatenate([silence(0.96), speech(0.064)]))) == []
+    [final] = requests(late.receive_text("finalize", now=1.0))
+    assert len(final.audio) >= 0.064 * RATE

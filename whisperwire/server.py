@@ -53,6 +53,7 @@ class ServerConfig:
     max_sessions: int | None = 64
     max_queue_wait_s: float | None = 3.0
     draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
+    vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
 
 
 class Whisperwire:
@@ -131,6 +132,7 @@ class Connection:
             limits=app.config.limits,
             now=self.loop.time(),
             draft_finals=app.config.draft_finals,
+            vad_batch=app.config.vad_batch,
         )
         self.done = asyncio.Event()
         self._inbox: deque[tuple[Any, ...]] = deque()
