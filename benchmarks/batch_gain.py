@@ -1,6 +1,6 @@
 """Does batching utterances of different streams pay on this device?
 
-Recognises the same utterances (the shared English clips up to 15 s, each in the 15 s encoder
+Recognises the same utterances (the shared English clips up to 15 s, each in the 20 s encoder
 window the server gives them) one at a time and in batches of B, through CTranslate2 directly
 (encode, then greedy generate with timestamps, as the server decodes), and reports CPU and
 wall time per utterance. The server batches nothing; this says whether it should.
@@ -62,7 +62,7 @@ def main() -> None:
     features = utterance_features(model, args.manifest)
     prompt = list(model.hf_tokenizer.encode("<|startoftranscript|>", add_special_tokens=False).ids)
     recognise(model, features[:1], prompt)  # lazy initialisation, not measured
-    print(f"{len(features)} utterances in 15 s windows; {args.model} {args.compute_type} on {args.device}, {args.threads} threads")
+    print(f"{len(features)} utterances in 20 s windows; {args.model} {args.compute_type} on {args.device}, {args.threads} threads")
     base: float | None = None
     for size in (int(b) for b in args.batches.split(",")):
         walls, cpus = [], []

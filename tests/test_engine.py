@@ -176,20 +176,20 @@ def test_repetition_loops_are_dropped_and_times_held_in_the_audio(
 
 
 def test_encoder_window_is_the_smallest_bucket_that_holds_the_audio() -> None:
-    assert encoder_window_frames(1) == 1500
-    assert encoder_window_frames(1500) == 1500
-    assert encoder_window_frames(1501) == 2000
+    assert encoder_window_frames(1) == 2000
+    assert encoder_window_frames(2000) == 2000
+    assert encoder_window_frames(2001) == 2500
     assert encoder_window_frames(2999) == 3000
     assert encoder_window_frames(3000) == 3000
 
 
-@pytest.mark.parametrize(("clip", "frames"), [("en_timit_LDC93S1.wav", 750), ("en_librispeech_1221-135766-0001.wav", 1000)])
+@pytest.mark.parametrize(("clip", "frames"), [("en_timit_LDC93S1.wav", 1000), ("en_lovecraft_dagon_reading.wav", 1500)])
 def test_the_encoder_sees_a_window_that_fits_the_utterance(engine: WhisperEngine, clip: str, frames: int) -> None:
     from faster_whisper.audio import pad_or_trim
 
     model = engine._model
     features = pad_or_trim(model.feature_extractor(_load(clip)))  # what faster-whisper encodes
-    # Two mel frames per encoder position: 2.9 s gets the 15 s window, 16.7 s the 20 s one.
+    # Two mel frames per encoder position: 2.9 s gets the 20 s window, 33.9 s (cut at 30) the 30 s one.
     assert model.encode(features).shape == [1, frames, 384]
 
 

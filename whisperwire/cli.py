@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         "--encoder-window",
         choices=["fit", "full"],
         default="fit",
-        help="fit: encode a 15/20/25/30 s window that holds the utterance; full: always 30 s [%(default)s]",
+        help="fit: encode a 20/25/30 s window that holds the utterance; full: always 30 s [%(default)s]",
     )
     serve.add_argument(
         "--draft-finals",

@@ -106,11 +106,11 @@ COMPRESSION_RATIO_LIMIT = 2.4
 FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 # The encoder windows an utterance may be given, in seconds. Whisper is trained on 30 s windows
 # and pads everything to 30 s; CTranslate2 accepts shorter inputs, and encoder cost grows faster
-# than linearly with length (attention), so a 4 s utterance in 15 s costs about a quarter of
-# 30 s. Shorter than 15 s the model starts to misplace its timestamps and repeat itself: on the
-# shared clips a 10 s floor raised WER from 5.9 % to 9.6 %, 15 s lowered it to 5.1 %
-# (BENCHMARKS.md). A few fixed sizes rather than any length keep batch shapes few on a GPU.
-ENCODER_WINDOWS_S = (15, 20, 25, 30)
+# than linearly with length (attention). Streaming the shared clips (BENCHMARKS.md), a 20 s
+# floor halves the server's CPU for 0.28 points of WER (7.06 % against 6.78 % with 30 s);
+# a 15 s floor costs 1.1 points, and shorter windows make the model misplace its timestamps
+# and repeat itself. A few fixed sizes rather than any length keep batch shapes few on a GPU.
+ENCODER_WINDOWS_S = (20, 25, 30)
 
 
 def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCODER_WINDOWS_S) -> int:
