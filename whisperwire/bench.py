@@ -396,9 +396,11 @@ def score_stream(programme: Programme, log: StreamLog, partials_expected: bool, 
     region_of = {key: _nearest(spans, regions) for key, spans in spans_of.items()}
     for index, region in enumerate(programme.regions):
         keys_here = {k for k, r in region_of.items() if r == index}
-        arrivals = [s.arrival for s in finals if s.key in keys_here]
         started = log.sent_at(region.start)
         ended = log.sent_at(region.end - 1)
+        # A final that came before the speech ended cannot hold its end (WhisperLive completes
+        # segments mid-speech): only finals after the end can close the utterance.
+        arrivals = [s.arrival for s in finals if s.key in keys_here and s.arrival >= ended]
         partial_times = sorted(s.arrival for s in partials if s.key in keys_here and s.arrival <= ended)
         # Cadence counts on speech longer than a second, from its start to its end.
         measured = partials_expected and region.end - region.start > SAMPLE_RATE
