@@ -77,7 +77,7 @@ class Whisperwire:
         matches = [hmac.compare_digest(offered.encode(), key.encode()) for key in self.config.api_keys]
         return any(matches)
 
-    def refusal(self) -> str | None:
+    def admission_refusal(self) -> str | None:
         """Why a new stream cannot be taken now, or None if it can."""
         limit = self.config.max_sessions
         if limit is not None and len(self.connections) >= limit:
@@ -266,7 +266,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
                 PlainTextResponse("server shutting down", status_code=503)
             )
             return
-        refusal = state.refusal()
+        refusal = state.admission_refusal()
         if refusal is not None:
             await _refuse(websocket, refusal)
             return
