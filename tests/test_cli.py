@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -187,3 +188,31 @@ def test_sigterm_drains_every_session_then_exits(clips, tmp_path: Path) -> None:
         [final] = messages  # the buffered speech got its one final before the close
         assert final["is_final"] and word in final["transcript"].lower(), final
     assert exited < 30, exited  # well inside the drain timeout
+
+
+def test_serve_admission_and_speed_flags_reach_the_server(clips) -> None:
+    port = free_port()
+    flags = ["--max-sessions", "1", "--encoder-window", "full", "--no-draft-finals"]
+    process = subprocess.Popen(whisperwire("serve", "--port", str(port), *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_healthy(port, process)
+        url = f"ws://127.0.0.1:{port}/v1/websocket"
+        audio = s16le(np.concatenate([read_wav(clips["en_timit_LDC93S1.wav"].path), np.zeros(16_000, np.float32)]))
+
+        async def two_clients() -> tuple[dict, int | None, list[dict]]:
+            async with connect(url) as first:
+                await first.send("{}")
+                async with connect(url) as second:
+                    refusal = json.loads(await second.recv())
+                    await second.wait_closed()
+                await first.send(audio)
+                await first.send('{"type": "terminate"}')
+                return refusal, second.close_code, [json.loads(raw) async for raw in first]
+
+        refusal, code, messages = asyncio.run(two_clients())
+        assert refusal["error"]["code"] == "server_busy" and code == 1013
+        assert "the limit is 1" in refusal["error"]["message"]
+        assert [m["is_final"] for m in messages] == [True] and "greasy" in messages[0]["transcript"].lower()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)

@@ -21,6 +21,8 @@ from whisperwire.engine import (
     DecodeOptions,
     Result,
     WhisperEngine,
+    encoder_window_frames,
+    load_engine,
 )
 
 AUDIO_DIR = Path("/work/shared/audio")
@@ -168,6 +170,52 @@ def test_repetition_loops_are_dropped_and_times_held_in_the_audio(
     assert (segment.start, segment.end) == (0.4, 1.5)  # widened to its words, cut at 1.5 s
     assert segment.n_tokens == 3
     assert [(w.start, w.end) for w in segment.words or ()] == [(0.4, 0.9), (0.9, 1.5)]
+
+
+# --------------------------------------------------------------------------- encoder window
+
+
+def test_encoder_window_is_the_smallest_bucket_that_holds_the_audio() -> None:
+    assert encoder_window_frames(1) == 2000
+    assert encoder_window_frames(2000) == 2000
+    assert encoder_window_frames(2001) == 2500
+    assert encoder_window_frames(2999) == 3000
+    assert encoder_window_frames(3000) == 3000
+
+
+@pytest.mark.parametrize(("clip", "frames"), [("en_timit_LDC93S1.wav", 1000), ("en_lovecraft_dagon_reading.wav", 1500)])
+def test_the_encoder_sees_a_window_that_fits_the_utterance(engine: WhisperEngine, clip: str, frames: int) -> None:
+    from faster_whisper.audio import pad_or_trim
+
+    model = engine._model
+    features = pad_or_trim(model.feature_extractor(_load(clip)))  # what faster-whisper encodes
+    # Two mel frames per encoder position: 2.9 s gets the 20 s window, 33.9 s (cut at 30) the 30 s one.
+    assert model.encode(features).shape == [1, frames, 384]
+
+
+@pytest.fixture(scope="module")
+def full_window_engine() -> WhisperEngine:
+    return load_engine("tiny.en", fit_window=False)
+
+
+@pytest.mark.parametrize("clip", ["en_jfk_inaugural_11s.wav", "en_timit_LDC93S1.wav", "en_pocketsphinx_go_forward.wav"])
+def test_fitted_and_full_windows_make_as_many_errors_and_keep_timestamps_in_the_audio(
+    engine: WhisperEngine, full_window_engine: WhisperEngine, clips, clip: str
+) -> None:
+    audio, reference = _load(clip), clips[clip].reference
+    words = len(_normalise(reference).split())
+    options = DecodeOptions(language="en", word_timestamps=True)
+    fitted, full = engine.transcribe(audio, options), full_window_engine.transcribe(audio, options)
+    assert engine.fit_window and not full_window_engine.fit_window
+    # At most one word more wrong than the full 30 s window, and no segment repeated after the
+    # speech (the failure of windows that are too short).
+    assert _wer(reference, fitted.text) <= _wer(reference, full.text) + 1 / words, (fitted.text, full.text)
+    assert len(fitted.segments) <= len(full.segments)
+    fitted_words = [w for s in fitted.segments for w in s.words or ()]
+    full_words = [w for s in full.segments for w in s.words or ()]
+    assert fitted_words and 0.0 <= fitted_words[0].start < fitted_words[-1].end <= len(audio) / SAMPLE_RATE
+    assert abs(fitted_words[0].start - full_words[0].start) <= 0.3
+    assert abs(fitted_words[-1].end - full_words[-1].end) <= 0.5
 
 
 def _segment(

@@ -14,6 +14,7 @@ import pytest
 from whisperwire.engine import ModelInfo, Result, SegmentResult, Word
 from whisperwire.protocol import CloseCode, ErrorCode, ErrorMessage, SessionLimits, Transcription
 from whisperwire.session import (
+    CancelInference,
     CloseConnection,
     InferenceRequest,
     RunInference,
@@ -36,7 +37,9 @@ class LevelVAD:
         return np.where(peaks > 0.2, 0.95, np.where(peaks > 0.05, 0.4, 0.02)).astype(np.float32)
 
 
-def make_session(model: ModelInfo = ENGLISH, limits: SessionLimits = SessionLimits(), **metadata: object) -> Session:
+def make_session(
+    model: ModelInfo = ENGLISH, limits: SessionLimits = SessionLimits(), drafts: bool = False, **metadata: object
+) -> Session:
     session = Session(
         "sess-1",
         model=model,
@@ -44,6 +47,7 @@ def make_session(model: ModelInfo = ENGLISH, limits: SessionLimits = SessionLimi
         new_vad=LevelVAD,
         limits=limits,
         now=0.0,
+        draft_finals=drafts,
     )
     if metadata is not None:
         assert session.receive_text(json.dumps(metadata), now=0.0) == []
@@ -284,6 +288,12 @@ def test_forty_seconds_of_speech_give_a_final_at_the_limit_and_one_after() -> No
     assert second.offset_s + len(second.audio) / RATE == pytest.approx(40.0, abs=0.01)
 
 
+def test_the_length_limit_reached_in_a_pause_ends_the_utterance_at_the_pause() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 3000})
+    [final] = requests(feed(session, np.concatenate([speech(29.9), silence(1.0), speech(2.0)])))
+    assert final.offset_s == 0.0 and 29.9 <= len(final.audio) / RATE <= 30.0
+
+
 def test_max_duration_setting_is_honoured() -> None:
     session = make_session(streaming_params={"final_transcript_max_duration_s": 5})
     finals = requests(feed(session, speech(12.0)))
@@ -361,3 +371,79 @@ def test_no_audio_is_lost_across_odd_frame_boundaries() -> None:
         events += session.receive_bytes(data[i : i + 333], now=0.0)
     [final] = requests(events)
     assert len(final.audio) == int(1.024 * RATE)
+
+
+# --------------------------------------------------------------------------- drafts and lag
+
+
+def test_a_draft_of_the_final_is_asked_for_when_the_silence_begins() -> None:
+    session = make_session(drafts=True, streaming_vad_config={"min_silence_duration_ms": 300, "speech_pad_ms": 30})
+    events = feed(session, np.concatenate([speech(1.024), silence(0.064)]))
+    [draft] = requests(events)
+    assert draft.kind == "draft" and draft.transcription_num == 0
+    # Exactly the audio the final will have: the speech and its pad.
+    assert draft.offset_s == 0.0 and len(draft.audio) == 1.024 * RATE + 30 * RATE // 1000
+    # Recognised during the silence window, it is sent as the final once the window has passed,
+    # without recognising the same audio again.
+    assert session.inference_done(draft, result("early")) == []
+    assert messages(feed(session, silence(0.1))) == []
+    events = feed(session, silence(0.2))
+    assert requests(events) == []
+    [final] = messages(events)
+    assert (final.transcription_num, final.is_final, final.transcript) == (0, True, "early")
+
+
+def test_a_final_due_before_its_draft_is_done_asks_for_the_same_audio() -> None:
+    session = make_session(drafts=True)
+    [draft] = requests(feed(session, np.concatenate([speech(1.0), silence(0.1)])))
+    [final] = requests(feed(session, silence(0.4)))
+    # The scheduler recognises this once (the waiting or running draft becomes the final).
+    assert final.kind == "final" and final.span == draft.span
+    assert session.inference_done(draft, result("late draft")) == []  # the final's own result counts
+    [message] = messages(session.inference_done(final, result("late draft")))
+    assert message.is_final and message.transcript == "late draft"
+
+
+def test_speech_that_resumes_withdraws_the_draft() -> None:
+    session = make_session(drafts=True)
+    [draft] = requests(feed(session, np.concatenate([speech(1.0), silence(0.1)])))
+    events = feed(session, speech(0.5))
+    assert [e.request for e in events if isinstance(e, CancelInference)] == [draft]
+    assert session.inference_done(draft, result("stale")) == []
+    events = feed(session, silence(0.5))
+    [second_draft, final] = requests(events)
+    assert second_draft.kind == "draft" and final.kind == "final" and final.span == second_draft.span
+    assert len(final.audio) > len(draft.audio) + 0.5 * RATE - 1
+
+
+def test_no_drafts_unless_enabled() -> None:
+    session = make_session()
+    [final] = requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))
+    assert final.kind == "final"
+
+
+def test_lag_counts_audio_received_since_the_oldest_final_still_waiting() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 300, "speech_pad_ms": 0})
+    feed(session, speech(1.024))
+    assert session.lag_s < 0.04  # speech still going on is not lag
+    [final] = requests(feed(session, silence(0.32)))
+    assert session.lag_s == pytest.approx(0.32, abs=0.04)
+    feed(session, silence(2.0))
+    assert session.lag_s == pytest.approx(2.32, abs=0.04)  # the final still has not come back
+    session.inference_done(final, result("done"))
+    assert session.lag_s < 0.04
+
+
+def test_vad_in_runs_of_three_windows_finds_the_same_utterances_a_little_later() -> None:
+    audio = np.concatenate([speech(1.0), silence(0.5), speech(0.7), silence(0.5)])
+    single = requests(feed(make_session(), audio))
+    batched_session = Session("sess-1", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, vad_batch=3)
+    batched_session.receive_text("{}", now=0.0)
+    batched = requests(feed(batched_session, audio))
+    assert [(r.offset_s, len(r.audio)) for r in batched] == [(r.offset_s, len(r.audio)) for r in single]
+    # Speech not yet scored is still seen by finalize and terminate.
+    late = Session("sess-2", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, vad_batch=3)
+    late.receive_text("{}", now=0.0)
+    assert requests(feed(late, np.concatenate([silence(0.96), speech(0.064)]))) == []
+    [final] = requests(late.receive_text("finalize", now=1.0))
+    assert len(final.audio) >= 0.064 * RATE

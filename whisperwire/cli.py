@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     mic = commands.add_parser("mic", help="stream the microphone to a server and show transcripts live")
     add_mic_arguments(mic)
     mic.set_defaults(run=run_mic)
+    from .bench import add_bench_arguments, run_bench
+
+    bench = commands.add_parser(
+        "bench",
+        help="measure final latency, partial cadence, WER and capacity with N live streams (BENCHMARKS.md)",
+    )
+    add_bench_arguments(bench)
+    bench.set_defaults(run=run_bench)
     return parser
 
 
@@ -89,6 +97,7 @@ def _serve(args: argparse.Namespace) -> int:
             compute_type=settings.compute_type,
             cpu_threads=settings.cpu_threads or usable_cores(),
             cache_dir=settings.cache_dir,
+            fit_window=settings.encoder_window == "fit",
         )
         # The first inference pays for lazy initialisation; pay it before the first client does.
         engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
@@ -105,6 +114,9 @@ def _serve(args: argparse.Namespace) -> int:
         limits=settings.limits,
         send_buffer_bytes=settings.send_buffer_bytes,
         drain_timeout_s=settings.drain_timeout,
+        max_sessions=settings.max_sessions or None,
+        max_queue_wait_s=settings.max_queue_wait or None,
+        draft_finals=settings.draft_finals,
     )
     app = create_app(engine, config)
     scheme = "wss" if settings.tls else "ws"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import ctranslate2
 from faster_whisper import WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
@@ -100,6 +101,47 @@ LOG_PROB_THRESHOLD = -0.5
 COMPRESSION_RATIO_LIMIT = 2.4
 
 
+# --------------------------------------------------------------------------- encoder window
+
+FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
+# The encoder windows an utterance may be given, in seconds. Whisper is trained on 30 s windows
+# and pads everything to 30 s; CTranslate2 accepts shorter inputs, and encoder cost grows faster
+# than linearly with length (attention). Streaming the shared clips (BENCHMARKS.md), a 20 s
+# floor halves the server's CPU for 0.28 points of WER (7.06 % against 6.78 % with 30 s);
+# a 15 s floor costs 1.1 points, and shorter windows make the model misplace its timestamps
+# and repeat itself. A few fixed sizes rather than any length keep batch shapes few on a GPU.
+ENCODER_WINDOWS_S = (20, 25, 30)
+
+
+def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCODER_WINDOWS_S) -> int:
+    """The smallest window (in mel frames) that holds ``content_frames``; the largest at most."""
+    for seconds in windows_s:
+        if content_frames <= seconds * FRAMES_PER_SECOND:
+            return seconds * FRAMES_PER_SECOND
+    return windows_s[-1] * FRAMES_PER_SECOND
+
+
+class FittedWindowModel(WhisperModel):
+    """faster-whisper's WhisperModel whose encoder sees a window that fits the audio.
+
+    faster-whisper pads every mel segment to 3000 frames (30 s) with zeros before ``encode``;
+    this cuts that padding back to ``encoder_window_frames``. Decoding, timestamps and word
+    alignment work on the shorter encoder output unchanged: alignment only reads the frames
+    of the content (``num_frames``), which the window always holds.
+    """
+
+    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        window = encoder_window_frames(_content_frames(features))
+        return super().encode(features[..., :window])
+
+
+def _content_frames(features: np.ndarray) -> int:
+    # The padding is exact zeros; a real log-mel frame never is (every bin is log10 of a
+    # clipped power, normalised: 0.0 in all 80 bins would be a power of exactly 1e-4).
+    nonzero = np.flatnonzero(np.any(features.reshape(-1, features.shape[-1]) != 0, axis=0))
+    return int(nonzero[-1]) + 1 if len(nonzero) else 1
+
+
 class WhisperEngine:
     """A Whisper model run by CTranslate2 through faster-whisper.
 
@@ -118,11 +160,14 @@ class WhisperEngine:
         device: str = "cpu",
         compute_type: str = "default",
         cpu_threads: int = 0,
+        fit_window: bool = True,
     ) -> None:
         self.device = _resolve_device(device)
         self.compute_type = _resolve_compute_type(compute_type, self.device)
+        self.fit_window = fit_window
+        model_class = FittedWindowModel if fit_window else WhisperModel
         try:
-            self._model = WhisperModel(
+            self._model = model_class(
                 str(model_dir),
                 device=self.device,
                 compute_type=self.compute_type,
@@ -257,11 +302,17 @@ def load_engine(
     compute_type: str = "default",
     cpu_threads: int = 0,
     cache_dir: Path | None = None,
+    fit_window: bool = True,
 ) -> WhisperEngine:
     """Find (or assemble) the model named by ``spec`` and load it; see models.resolve_model."""
     model_dir = resolve_model(spec, cache_dir)
     return WhisperEngine(
-        model_dir, name=spec, device=device, compute_type=compute_type, cpu_threads=cpu_threads
+        model_dir,
+        name=spec,
+        device=device,
+        compute_type=compute_type,
+        cpu_threads=cpu_threads,
+        fit_window=fit_window,
     )
 
 

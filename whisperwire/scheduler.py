@@ -1,8 +1,10 @@
 """The one place inference runs: a worker thread shared by every session.
 
-Finals go before partials, and a session has at most one partial waiting: a newer one replaces
-the older, whose audio is a prefix of it anyway. Under load partials thin out; finals never wait
-behind them.
+Finals go first, then drafts (finals asked for during the silence window), then partials. A
+session has at most one draft or partial waiting: a newer one takes the older one's place in
+the queue, so under load each session's partials come less often instead of piling up, and no
+session is pushed to the back each time it asks again. A final whose exact audio is already
+waiting or running as a draft reuses that work instead of repeating it.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ log = logging.getLogger(__name__)
 
 
 class Superseded(Exception):
-    """A waiting partial was replaced by a newer one of the same session."""
+    """A waiting partial or draft was replaced, withdrawn, or taken over by a final."""
 
 
 @dataclass
 class _Job:
     request: InferenceRequest
-    future: asyncio.Future[Result]
-    loop: asyncio.AbstractEventLoop
+    futures: list[tuple[asyncio.Future[Result], asyncio.AbstractEventLoop]]
     queued_at: float = field(default_factory=time.monotonic)
+    final: bool = False  # a final, or a draft a final took over
 
 
 @dataclass
@@ -38,7 +40,20 @@ class SchedulerStats:
     finals_done: int = 0
     partials_done: int = 0
     partials_superseded: int = 0
+    drafts_done: int = 0
+    drafts_promoted: int = 0  # drafts that became their utterance's final
+    drafts_withdrawn: int = 0  # dropped before running: the speech went on
     busy_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class SchedulerLoad:
+    """A snapshot of the queue, for admission control and metrics."""
+
+    finals_waiting: int
+    others_waiting: int  # partials and drafts
+    oldest_final_wait_s: float  # how long the oldest waiting final has waited; 0 if none
+    running: bool
 
 
 class Scheduler:
@@ -48,7 +63,8 @@ class Scheduler:
         self._on_inference = on_inference
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
-        self._partials: OrderedDict[str, _Job] = OrderedDict()  # one per session, oldest first
+        self._others: OrderedDict[str, _Job] = OrderedDict()  # one per session, in queue order
+        self._running: _Job | None = None
         self._ready = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -73,27 +89,76 @@ class Scheduler:
 
     def submit(self, request: InferenceRequest) -> asyncio.Future[Result]:
         loop = asyncio.get_running_loop()
-        job = _Job(request, loop.create_future(), loop)
+        future: asyncio.Future[Result] = loop.create_future()
         with self._ready:
             if request.kind == "final":
-                self._finals.append(job)
-                # The final covers the partial's audio: that partial would be dropped anyway.
-                self._drop_partial(request.session_id)
+                self._submit_final(request, future, loop)
             else:
-                self._drop_partial(request.session_id)
-                self._partials[request.session_id] = job
+                self._submit_other(request, future, loop)
             self._ready.notify()
-        return job.future
+        return future
+
+    def _submit_final(
+        self, request: InferenceRequest, future: asyncio.Future[Result], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        running = self._running
+        if running is not None and running.request.span == request.span:
+            running.futures.append((future, loop))  # its draft is being recognised right now
+            running.final = True
+            self.stats.drafts_promoted += 1
+            return
+        waiting = self._others.get(request.session_id)
+        if waiting is not None and waiting.request.span == request.span:
+            del self._others[request.session_id]  # the draft moves up among the finals
+            waiting.futures.append((future, loop))
+            waiting.final = True
+            self._finals.append(waiting)
+            self.stats.drafts_promoted += 1
+            return
+        # The final covers a waiting partial's audio: that partial would be dropped anyway.
+        self._drop_other(request.session_id)
+        self._finals.append(_Job(request, [(future, loop)], final=True))
+
+    def _submit_other(
+        self, request: InferenceRequest, future: asyncio.Future[Result], loop: asyncio.AbstractEventLoop
+    ) -> None:
+        job = _Job(request, [(future, loop)])
+        older = self._others.get(request.session_id)
+        if older is not None:
+            job.queued_at = older.queued_at
+            self._supersede(older)
+        self._others[request.session_id] = job  # an existing key keeps its place in the order
+
+    def withdraw(self, request: InferenceRequest) -> None:
+        """Drop a waiting draft or partial that is no longer wanted (one already running runs)."""
+        with self._ready:
+            job = self._others.get(request.session_id)
+            if job is not None and job.request is request:
+                del self._others[request.session_id]
+                if request.kind == "draft":
+                    self.stats.drafts_withdrawn += 1
+                self._supersede(job)
 
     def cancel_session(self, session_id: str) -> None:
         """The client went away: forget its waiting work (a running job finishes unseen)."""
         with self._ready:
-            self._drop_partial(session_id)
+            self._drop_other(session_id)
             kept = deque(j for j in self._finals if j.request.session_id != session_id)
             for job in self._finals:
                 if job.request.session_id == session_id:
-                    job.loop.call_soon_threadsafe(job.future.cancel)
+                    for future, loop in job.futures:
+                        _post(loop, future.cancel)
             self._finals = kept
+
+    def load(self) -> SchedulerLoad:
+        with self._ready:
+            oldest = time.monotonic() - self._finals[0].queued_at if self._finals else 0.0
+            return SchedulerLoad(
+                finals_waiting=len(self._finals),
+                others_waiting=len(self._others),
+                oldest_final_wait_s=oldest,
+                running=self._running is not None,
+            )
 
     @property
     def running(self) -> bool:
@@ -102,29 +167,45 @@ class Scheduler:
     @property
     def queue_depth(self) -> int:
         with self._ready:
-            return len(self._finals) + len(self._partials)
+            return len(self._finals) + len(self._others)
 
-    def _drop_partial(self, session_id: str) -> None:
-        job = self._partials.pop(session_id, None)
+    def _drop_other(self, session_id: str) -> None:
+        job = self._others.pop(session_id, None)
         if job is not None:
+            self._supersede(job)
+
+    def _supersede(self, job: _Job) -> None:
+        if job.request.kind == "partial":
             self.stats.partials_superseded += 1
-            job.loop.call_soon_threadsafe(_set_exception, job.future, Superseded())
+        for future, loop in job.futures:
+            _post(loop, _set_exception, future, Superseded())
 
     # ------------------------------------------------------------------ the worker side
 
     def _next_job(self) -> _Job | None:
         with self._ready:
-            while not self._finals and not self._partials and not self._stopping:
+            while not self._finals and not self._others and not self._stopping:
                 self._ready.wait()
             if self._finals:
-                return self._finals.popleft()
-            if self._partials:
-                return self._partials.popitem(last=False)[1]
-            return None
+                job = self._finals.popleft()
+            elif self._others:
+                job = self._others.pop(self._first_other())
+            else:
+                return None
+            self._running = job
+            return job
+
+    def _first_other(self) -> str:
+        # Drafts before partials: a draft is a final that is almost due.
+        for session_id, job in self._others.items():
+            if job.request.kind == "draft":
+                return session_id
+        return next(iter(self._others))
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
-            if job.future.cancelled():
+            if all(future.cancelled() for future, _ in job.futures):
+                self._finish(job, _set_exception, Superseded())
                 continue
             began = time.monotonic()
             try:
@@ -132,24 +213,52 @@ class Scheduler:
             except Exception as exc:  # reported to the session, which closes with 1011
                 session_id = job.request.session_id
                 log.exception("inference failed for session %s", session_id, extra={"session_id": session_id})
-                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+                self._finish(job, _set_exception, exc)
                 continue
             finally:
-                elapsed = time.monotonic() - began
-                self.stats.busy_seconds += elapsed
+                ran = time.monotonic() - began
+                self.stats.busy_seconds += ran
                 if self._on_inference is not None:
-                    self._on_inference(job.request.kind, elapsed)
-            if job.request.kind == "final":
-                self.stats.finals_done += 1
-            else:
-                self.stats.partials_done += 1
-            job.loop.call_soon_threadsafe(_set_result, job.future, result)
+                    self._on_inference("final" if job.final else job.request.kind, ran)
+            log.debug(
+                "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s",
+                job.request.kind, job.request.session_id, job.request.transcription_num,
+                len(job.request.audio) / 16_000, began - job.queued_at, ran,
+            )
+            self._count(job)
+            self._finish(job, _set_result, result)
+
+    def _finish(self, job: _Job, setter, value) -> None:  # noqa: ANN001 - _set_result or _set_exception
+        # One step under the lock: a final joining the running job either makes it into this
+        # list of futures or finds no running job and queues work of its own.
+        with self._ready:
+            self._running = None
+            for future, loop in job.futures:
+                _post(loop, setter, future, value)
+
+    def _count(self, job: _Job) -> None:
+        kind = job.request.kind
+        if kind == "draft":
+            self.stats.drafts_done += 1
+        if job.final:
+            self.stats.finals_done += 1
+        elif kind == "partial":
+            self.stats.partials_done += 1
 
     def _run(self, request: InferenceRequest) -> Result:
         if request.detect_only:
             language, prob = self.engine.detect_language(request.audio, request.options.language_options)
             return Result(segments=(), language=language, language_prob=prob)
         return self.engine.transcribe(request.audio, request.options)
+
+
+def _post(loop: asyncio.AbstractEventLoop, callback, *args: object) -> None:  # noqa: ANN001
+    # A loop that has closed (its server stopped) has nobody left waiting for the result.
+    if not loop.is_closed():
+        try:
+            loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # closed in between
+            pass
 
 
 def _set_result(future: asyncio.Future[Result], result: Result) -> None:

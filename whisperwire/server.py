@@ -31,6 +31,7 @@ from .metrics import LiveState, Metrics
 from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError, SessionLimits, Transcription
 from .scheduler import Scheduler, Superseded
 from .session import (
+    CancelInference,
     CloseConnection,
     Event,
     InferenceRequest,
@@ -58,6 +59,13 @@ class ServerConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     send_buffer_bytes: int = 1024 * 1024
     drain_timeout_s: float = 30.0
+    # Admission control: a new stream is refused (server_busy, 1013) at max_sessions open
+    # sessions (None: no limit), or while a final has waited longer than max_queue_wait_s for
+    # the inference thread, which means the streams already admitted are falling behind.
+    max_sessions: int | None = 64
+    max_queue_wait_s: float | None = 3.0
+    draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
+    vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
 
 
 class Whisperwire:
@@ -116,7 +124,27 @@ class Whisperwire:
             reasons.append("model not serving")
         if self.draining:
             reasons.append("draining")
+        if self.admission_refusal() is not None:
+            reasons.append("at capacity")
         return reasons
+
+    def admission_refusal(self) -> str | None:
+        """Why a new stream cannot be taken now, or None if it can."""
+        limit = self.config.max_sessions
+        if limit is not None and len(self.connections) >= limit:
+            return f"server at capacity: {len(self.connections)} sessions open, the limit is {limit}; try again later"
+        wait_limit = self.config.max_queue_wait_s
+        waited = self.scheduler.load().oldest_final_wait_s
+        if wait_limit is not None and waited > wait_limit:
+            return (
+                f"server overloaded: finals are waiting {waited:.1f} s for recognition "
+                f"(limit {wait_limit:g} s); try again later"
+            )
+        return None
+
+    def session_lags(self) -> dict[str, float]:
+        """Each live session's lag in seconds (Session.lag_s), by session id."""
+        return {c.session.session_id: c.session.lag_s for c in self.connections}
 
     async def drain(self) -> None:
         """Stop taking sessions; flush every live one's finals and close it with 1001.
@@ -249,6 +277,8 @@ class Connection:
             new_vad=app.vad.new_stream,
             limits=app.config.limits,
             now=self.loop.time(),
+            draft_finals=app.config.draft_finals,
+            vad_batch=app.config.vad_batch,
         )
         self.done = asyncio.Event()
         self._inbox: deque[tuple[float, tuple[Any, ...]]] = deque()
@@ -404,6 +434,8 @@ class Connection:
                 self._send(event.message)
             elif isinstance(event, RunInference):
                 self._submit(event.request)
+            elif isinstance(event, CancelInference):
+                self.app.scheduler.withdraw(event.request)
             elif isinstance(event, CloseConnection):
                 log.info("closing with %d %s", event.code, event.reason)
                 self._outbox.close(int(event.code), event.reason)
@@ -471,6 +503,17 @@ class Connection:
             del self._final_asked[older]
 
 
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    log.warning("refused a session: %s", reason)
+    error = ProtocolError(ErrorCode.SERVER_BUSY, reason)
+    await websocket.accept()
+    try:
+        await websocket.send_text(ErrorMessage.from_error(error).model_dump_json())
+        await websocket.close(int(CloseCode.TRY_AGAIN_LATER), ErrorCode.SERVER_BUSY.value)
+    except (WebSocketDisconnect, RuntimeError, OSError):
+        pass  # the client left first
+
+
 def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVAD | None = None) -> Starlette:
     state = Whisperwire(engine, config or ServerConfig(), vad)
 
@@ -481,12 +524,17 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
             state.metrics.rejected.labels(reason=reason).inc()
             await websocket.send_denial_response(PlainTextResponse(message, status_code=status))
             return
-        await websocket.accept()
+        refusal = state.admission_refusal()
+        if refusal is not None:
+            state.metrics.rejected.labels(reason="capacity").inc()
+            await _refuse(websocket, refusal)
+            return
         connection = Connection(websocket, state)
         SESSION_ID.set(connection.session.session_id)  # this task's log lines, and its children's
-        state.connections.add(connection)
-        log.info("opened")
+        state.connections.add(connection)  # before any await: the limit holds for concurrent handshakes
         try:
+            await websocket.accept()
+            log.info("opened")
             await connection.run()
         finally:
             state.connections.discard(connection)

@@ -93,6 +93,18 @@ class Settings(BaseModel):
     drain_timeout: Annotated[float, Field(ge=0)] = _setting(
         30.0, "seconds SIGTERM waits for sessions' finals before closing them anyway"
     )
+    max_sessions: Annotated[int, Field(ge=0)] = _setting(
+        64, "refuse new streams (`server_busy`, 1013) at this many open sessions; 0: no limit"
+    )
+    max_queue_wait: Annotated[float, Field(ge=0)] = _setting(
+        3.0, "refuse new streams while a final has waited this many seconds for recognition; 0: no limit"
+    )
+    encoder_window: Literal["fit", "full"] = _setting(
+        "fit", "`fit`: encode the 20, 25 or 30 s window that holds the utterance; `full`: always 30 s"
+    )
+    draft_finals: bool = _setting(
+        True, "start recognising a final when the silence begins, not when its window has passed"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "least severe level logged")
     log_format: Literal["text", "json"] = _setting("text", "`json`: one JSON object a line")
     access_log: bool = _setting(True, "log each HTTP request and WebSocket handshake")

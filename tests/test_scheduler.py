@@ -1,0 +1,155 @@
+"""The scheduler's order and bookkeeping, with a stand-in engine that runs one job when told.
+
+The order of work is the scheduler's own logic; a gated stand-in makes it observable exactly
+(which job runs while others wait). The real engine runs under it in tests/test_server.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from whisperwire.engine import DecodeOptions, ModelInfo, Result
+from whisperwire.scheduler import Scheduler, Superseded
+from whisperwire.session import InferenceRequest
+
+OPTIONS = DecodeOptions(language="en")
+
+
+class GatedEngine:
+    """Each transcribe() call waits for release(); calls are recorded in order."""
+
+    info = ModelInfo(name="gated", multilingual=False, languages=frozenset({"en"}))
+
+    def __init__(self) -> None:
+        self.calls: list[InferenceRequest] = []
+        self.started = threading.Semaphore(0)
+        self._go = threading.Semaphore(0)
+        self._requests: dict[int, InferenceRequest] = {}
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def detect_language(self, audio: np.ndarray, language_options: tuple[str, ...] = ()) -> tuple[str, float]:
+        return "en", 1.0
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
+        request = self._requests[id(audio)]
+        self.calls.append(request)
+        self.started.release()
+        assert self._go.acquire(timeout=10), "test never released the engine"
+        return Result(segments=(), language="en", language_prob=None)
+
+    def release(self) -> None:
+        self._go.release()
+
+    def track(self, request: InferenceRequest) -> InferenceRequest:
+        self._requests[id(request.audio)] = request
+        return request
+
+
+def request(engine: GatedEngine, session: str, kind: str, num: int = 0, seconds: float = 1.0) -> InferenceRequest:
+    audio = np.zeros(int(seconds * 16_000), dtype=np.float32)
+    return engine.track(InferenceRequest(session, kind, num, audio, 0.0, OPTIONS))  # type: ignore[arg-type]
+
+
+async def started(engine: GatedEngine) -> InferenceRequest:
+    assert await asyncio.to_thread(engine.started.acquire, True, 10)
+    return engine.calls[-1]
+
+
+@pytest.fixture
+async def gated():
+    engine = GatedEngine()
+    scheduler = Scheduler(engine)
+    scheduler.start()
+    yield engine, scheduler
+    for _ in range(20):
+        engine.release()
+    await asyncio.to_thread(scheduler.stop)
+
+
+async def test_finals_then_drafts_then_partials_and_replaced_partials_keep_their_place(gated) -> None:
+    engine, scheduler = gated
+    blocker = request(engine, "z", "final")
+    scheduler.submit(blocker)
+    assert await started(engine) is blocker
+    a1 = scheduler.submit(request(engine, "a", "partial", seconds=0.5))
+    scheduler.submit(request(engine, "b", "partial"))
+    a2 = request(engine, "a", "partial", seconds=1.0)  # replaces a's first, in a's place
+    scheduler.submit(a2)
+    draft = request(engine, "c", "draft")
+    scheduler.submit(draft)
+    final = request(engine, "d", "final")
+    scheduler.submit(final)
+    load = scheduler.load()
+    assert (load.finals_waiting, load.others_waiting, load.running) == (1, 3, True)
+    await asyncio.sleep(0.01)
+    assert a1.done() and isinstance(a1.exception(), Superseded)
+    order = []
+    for _ in range(4):
+        engine.release()
+        order.append(await started(engine))
+    assert [(r.session_id, r.kind) for r in order] == [("d", "final"), ("c", "draft"), ("a", "partial"), ("b", "partial")]
+    assert order[2] is a2
+    assert scheduler.stats.partials_superseded == 1
+
+
+async def test_a_final_takes_over_its_waiting_draft_instead_of_running_it_again(gated) -> None:
+    engine, scheduler = gated
+    scheduler.submit(request(engine, "z", "final"))
+    await started(engine)
+    draft = request(engine, "a", "draft", seconds=2.0)
+    draft_future = scheduler.submit(draft)
+    same = InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS)  # the same span
+    final_future = scheduler.submit(same)
+    assert scheduler.load().finals_waiting == 1 and scheduler.load().others_waiting == 0
+    engine.release()
+    assert await started(engine) is draft
+    engine.release()
+    assert (await final_future).language == "en" and (await draft_future).language == "en"
+    await asyncio.sleep(0.05)
+    assert len(engine.calls) == 2 and scheduler.stats.drafts_promoted == 1
+
+
+async def test_a_final_joins_its_draft_while_it_runs(gated) -> None:
+    engine, scheduler = gated
+    draft = request(engine, "a", "draft")
+    scheduler.submit(draft)
+    assert await started(engine) is draft
+    final_future = scheduler.submit(InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS))
+    assert scheduler.load().finals_waiting == 0
+    engine.release()
+    await asyncio.wait_for(final_future, 10)
+    assert len(engine.calls) == 1 and scheduler.stats.finals_done == 1
+
+
+async def test_a_final_of_other_audio_drops_the_draft_and_a_withdrawn_draft_never_runs(gated) -> None:
+    engine, scheduler = gated
+    scheduler.submit(request(engine, "z", "final"))
+    await started(engine)
+    stale = scheduler.submit(request(engine, "a", "draft", seconds=1.0))
+    scheduler.submit(request(engine, "a", "final", seconds=2.0))
+    withdrawn = request(engine, "b", "draft")
+    withdrawn_future = scheduler.submit(withdrawn)
+    scheduler.withdraw(withdrawn)
+    await asyncio.sleep(0.01)
+    assert isinstance(stale.exception(), Superseded) and isinstance(withdrawn_future.exception(), Superseded)
+    engine.release()
+    assert (await started(engine)).kind == "final"
+    engine.release()
+    await asyncio.sleep(0.05)
+    assert len(engine.calls) == 2 and scheduler.stats.drafts_withdrawn == 1
+
+
+async def test_load_reports_how_long_the_oldest_final_has_waited(gated) -> None:
+    engine, scheduler = gated
+    scheduler.submit(request(engine, "z", "final"))
+    await started(engine)
+    assert scheduler.load().oldest_final_wait_s == 0.0
+    scheduler.submit(request(engine, "a", "final"))
+    await asyncio.sleep(0.2)
+    assert 0.2 <= scheduler.load().oldest_final_wait_s < 5.0

@@ -1,0 +1,824 @@
+"""`whisperwire bench`: N live streams against a server, measured as a user would feel them.
+
+For each N, a fresh server is started (so its CPU seconds and peak memory belong to that run)
+and N concurrent WebSocket streams play the manifest's clips at real-time pace, in frames of
+20-40 ms, clips separated by silence; each stream starts at another clip, so they do not
+speak in step. Measured:
+
+- final latency: arrival of an utterance's final minus the wall time at which its last
+  speech sample was sent. Where speech ends is found offline, from the very samples sent, by
+  the Silero VAD with the server's rule (speech from p >= 0.5, ended after the silence window
+  of windows under 0.35) — never from times the server reports. Its floor is the silence window;
+- time to the first partial after speech starts, and the longest wait between partials while
+  speech goes on;
+- WER against the manifest's references (Whisper's English normaliser), streaming (finals of
+  each clip joined) and offline (each whole clip decoded once, 30 s windows, same model);
+- the server's CPU seconds and peak resident memory, streams that fell behind (final latency
+  rising through the run), finals missing, duplicated or out of order.
+
+The same run can drive a WhisperLive server (`--whisperlive-python`), started from another
+Python environment on the same CTranslate2 model directory and spoken to in its own protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import csv
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+SAMPLE_RATE = 16_000
+VAD_THRESHOLD = 0.5
+VAD_END_GAP = 0.15  # speech ends under threshold - 0.15 (PROTOCOL.md §3)
+DEFAULT_MANIFEST = Path("..") / "shared" / "audio" / "manifest.tsv"
+BEHIND_RISE_S = 0.5  # a stream whose latency rose this much from its first to last third fell behind
+PARTIAL_TARGET_GAP_S = 1.0
+
+
+def _require_extra() -> None:
+    try:
+        import jiwer  # noqa: F401
+        import matplotlib  # noqa: F401
+        import psutil  # noqa: F401
+        import rich  # noqa: F401
+        import whisper_normalizer  # noqa: F401
+    except ImportError as exc:
+        raise SystemExit(f"whisperwire bench needs its extra: pip install 'whisperwire[bench]' ({exc})") from None
+
+
+# --------------------------------------------------------------------------- the audio played
+
+
+@dataclass(frozen=True)
+class Clip:
+    file: str
+    path: Path
+    duration_s: float
+    reference: str
+
+
+def read_manifest(path: Path, language: str, only: Sequence[str] = ()) -> list[Clip]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    return [
+        Clip(row["file"], path.parent / row["file"], float(row["duration_s"]), row["reference_transcript"])
+        for row in rows
+        if row["language"] == language
+        and row["reference_transcript"].strip()
+        and (not only or any(part in row["file"] for part in only))
+    ]
+
+
+@dataclass(frozen=True)
+class Region:
+    """Speech found offline, in samples: [start, end), end one past the last speech sample."""
+
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Placed:
+    clip: Clip
+    start: int  # sample where the clip begins in the stream
+    end: int
+
+
+@dataclass
+class Programme:
+    """What one stream plays: clips and silences as one PCM, with where speech is."""
+
+    pcm: bytes  # s16le mono 16 kHz
+    placed: list[Placed]
+    regions: list[Region]
+
+    @property
+    def seconds(self) -> float:
+        return len(self.pcm) / 2 / SAMPLE_RATE
+
+
+def build_programme(clips: Sequence[Clip], first: int, gap_s: float, seconds: float | None, vad: Any, min_silence_ms: int, audio: dict[str, np.ndarray]) -> Programme:
+    """Clips from index `first` on (wrapping), each followed by `gap_s` of digital silence,
+    until every clip played once or `seconds` of audio are reached."""
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), dtype=np.int16)
+    pieces: list[np.ndarray] = [gap]
+    placed: list[Placed] = []
+    at = len(gap)
+    for i in range(len(clips)):
+        clip = clips[(first + i) % len(clips)]
+        samples = audio[clip.file]
+        placed.append(Placed(clip, at, at + len(samples)))
+        pieces += [samples, gap]
+        at += len(samples) + len(gap)
+        if seconds is not None and at >= seconds * SAMPLE_RATE:
+            break
+    pcm16 = np.concatenate(pieces)
+    return Programme(pcm16.tobytes(), placed, speech_regions(pcm16.astype(np.float32) / 32768, vad, min_silence_ms))
+
+
+def speech_regions(audio: np.ndarray, vad: Any, min_silence_ms: int) -> list[Region]:
+    """The server's end-of-speech rule, applied to the whole stream at once (whole windows)."""
+    from whisperwire.vad import WINDOW_SAMPLES
+
+    usable = len(audio) // WINDOW_SAMPLES * WINDOW_SAMPLES
+    probs = vad.new_stream().probabilities(audio[:usable])
+    min_silence = min_silence_ms * SAMPLE_RATE // 1000
+    regions: list[Region] = []
+    start: int | None = None
+    silence_start: int | None = None
+    for index, prob in enumerate(probs):
+        begin = index * WINDOW_SAMPLES
+        if start is None:
+            if prob < VAD_THRESHOLD:
+                continue
+            start, silence_start = begin, None
+        if prob >= VAD_THRESHOLD - VAD_END_GAP:
+            silence_start = None
+        elif silence_start is None:
+            silence_start = begin
+        if silence_start is not None and begin + WINDOW_SAMPLES - silence_start >= min_silence:
+            regions.append(Region(start, silence_start))
+            start = None
+    if start is not None:  # still speaking when the stream ended: terminate ends it
+        regions.append(Region(start, silence_start if silence_start is not None else usable))
+    return regions
+
+
+# --------------------------------------------------------------------------- what a stream saw
+
+
+@dataclass
+class Seen:
+    """One transcript message, reduced to what is scored."""
+
+    arrival: float  # monotonic
+    final: bool
+    key: str  # whisperwire: the transcription number; WhisperLive: the segment's start
+    text: str
+    spans: list[tuple[float, float]]  # segment times, seconds of stream audio
+
+
+@dataclass
+class StreamLog:
+    frame_ends: list[int] = field(default_factory=list)  # sample index one past each frame
+    sent: list[float] = field(default_factory=list)  # monotonic time each frame left
+    seen: list[Seen] = field(default_factory=list)
+    refused: str | None = None  # the server turned the stream away (busy)
+    error: str | None = None
+    started: float = 0.0
+    ended: float = 0.0
+
+    def sent_at(self, sample: int) -> float:
+        """Wall time the frame holding `sample` was sent."""
+        index = bisect.bisect_right(self.frame_ends, sample)
+        return self.sent[min(index, len(self.sent) - 1)]
+
+
+class Driver(Protocol):
+    name: str
+
+    async def play(self, programme: Programme, log: StreamLog, pace: Pacer) -> None: ...
+
+
+class Pacer:
+    """Sends frames of 20-40 ms at real-time pace; deadlines come from the clock, so pacing does
+    not drift with sleep overshoot. A live source has a frame once its last sample exists."""
+
+    def __init__(self, seed: int, speed: float, frame_ms: tuple[int, int], on_sent: Callable[[float], None]) -> None:
+        self._random = random.Random(seed)
+        self.speed = speed
+        self.frame_ms = frame_ms
+        self.on_sent = on_sent
+
+    async def frames(self, pcm: bytes, log: StreamLog) -> Any:
+        start = time.monotonic()
+        log.started = start
+        offset = 0
+        while offset < len(pcm):
+            samples = SAMPLE_RATE * self._random.randint(*self.frame_ms) // 1000
+            frame = pcm[offset : offset + 2 * samples]
+            offset += len(frame)
+            if self.speed > 0:
+                await asyncio.sleep(max(0.0, start + offset / 2 / SAMPLE_RATE / self.speed - time.monotonic()))
+            yield frame
+            log.frame_ends.append(offset // 2)
+            log.sent.append(time.monotonic())
+            self.on_sent(len(frame) / 2 / SAMPLE_RATE)
+
+
+class WhisperwireDriver:
+    name = "whisperwire"
+
+    def __init__(self, url: str, api_key: str | None, metadata: dict[str, Any]) -> None:
+        self.url, self.api_key, self.metadata = url, api_key, metadata
+
+    async def play(self, programme: Programme, log: StreamLog, pace: Pacer) -> None:
+        from whisperwire.client import ServerError, WhisperwireError, connect
+
+        async def send(stream: Any) -> None:
+            async for frame in pace.frames(programme.pcm, log):
+                await stream.send(frame)
+            await stream.close()
+
+        async def receive(stream: Any) -> None:
+            async for message in stream:
+                spans = [(s.start_time, s.end_time) for s in message.segments]
+                log.seen.append(Seen(time.monotonic(), message.is_final, str(message.transcription_num), message.transcript, spans))
+
+        try:
+            async with connect(self.url, api_key=self.api_key, metadata=self.metadata) as stream:
+                await _together(send(stream), receive(stream))
+        except ServerError as exc:
+            if exc.code == "server_busy":
+                log.refused = exc.message
+            else:
+                log.error = str(exc)
+        except WhisperwireError as exc:
+            log.error = f"{type(exc).__name__}: {exc}"
+        log.ended = time.monotonic()
+
+
+class WhisperLiveDriver:
+    """WhisperLive's protocol: an options JSON, float32 frames, END_OF_AUDIO; it answers with its
+    last segments, the newest one still open (`completed: false`) until it is done."""
+
+    name = "whisperlive"
+
+    def __init__(self, url: str, model: str) -> None:
+        self.url, self.model = url, model
+
+    async def play(self, programme: Programme, log: StreamLog, pace: Pacer) -> None:
+        from websockets.asyncio.client import connect as ws_connect
+        from websockets.exceptions import ConnectionClosed
+
+        uid = uuid.uuid4().hex
+        options = {
+            # WhisperLive's own client defaults, with the language and model fixed.
+            "uid": uid, "language": "en", "task": "transcribe", "model": self.model, "use_vad": True,
+            "send_last_n_segments": 10, "no_speech_thresh": 0.45, "clip_audio": False, "same_output_threshold": 10,
+        }
+        try:
+            async with ws_connect(self.url, max_size=None, open_timeout=30, compression=None) as ws:
+                await ws.send(json.dumps(options))
+                ready = json.loads(await asyncio.wait_for(ws.recv(), 120))
+                if ready.get("status") == "WAIT":
+                    log.refused = f"WAIT {ready.get('message')}"
+                    return
+                if ready.get("message") != "SERVER_READY":
+                    log.error = f"unexpected first message {ready}"
+                    return
+
+                async def send() -> None:
+                    async for frame in pace.frames(programme.pcm, log):
+                        samples = np.frombuffer(frame, dtype="<i2").astype(np.float32) / 32768
+                        await ws.send(samples.tobytes())
+                    await ws.send(b"END_OF_AUDIO")
+
+                async def receive() -> None:
+                    try:
+                        async for raw in ws:
+                            self._record(json.loads(raw), log)
+                    except ConnectionClosed:
+                        pass
+
+                await _together(send(), receive())
+        except (OSError, ConnectionClosed, TimeoutError) as exc:
+            log.error = f"{type(exc).__name__}: {exc}"
+        log.ended = time.monotonic()
+
+    @staticmethod
+    def _record(message: dict[str, Any], log: StreamLog) -> None:
+        now = time.monotonic()
+        for segment in message.get("segments", []):
+            span = [(float(segment["start"]), float(segment["end"]))]
+            # Completed segments are re-sent with every message; the first arrival counts.
+            key = f"{float(segment['start']):.3f}"
+            if segment.get("completed"):
+                if not any(s.final and s.key == key for s in log.seen):
+                    log.seen.append(Seen(now, True, key, segment["text"], span))
+            else:
+                log.seen.append(Seen(now, False, key, segment["text"], span))
+
+
+async def _together(*coroutines: Any) -> None:
+    """Run until all finish; the first failure cancels the rest."""
+    tasks = [asyncio.ensure_future(c) for c in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass
+class UtteranceScore:
+    speech_start_s: float
+    speech_end_s: float
+    final_latency_s: float | None  # None: no final covered this speech
+    first_partial_s: float | None
+    longest_partial_wait_s: float | None  # while speech went on, from its start
+
+
+@dataclass
+class StreamScore:
+    utterances: list[UtteranceScore]
+    hypotheses: dict[int, str]  # placed clip index -> finals joined
+    finals: int = 0
+    partials: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    fell_behind: bool = False
+    refused: str | None = None
+    error: str | None = None
+
+
+def _overlap(spans: list[tuple[float, float]], lo: float, hi: float) -> float:
+    return sum(max(0.0, min(e, hi) - max(s, lo)) for s, e in spans)
+
+
+def _nearest(spans: list[tuple[float, float]], bounds: list[tuple[float, float]]) -> int | None:
+    """Index of the bounds the spans overlap most; with no overlap, the closest ones."""
+    if not spans or not bounds:
+        return None
+
+    def rank(i: int) -> tuple[float, float]:
+        lo, hi = bounds[i]
+        gap = max(lo - spans[-1][1], spans[0][0] - hi, 0.0)
+        return (_overlap(spans, lo, hi), -gap)
+
+    return max(range(len(bounds)), key=rank)
+
+
+def score_stream(programme: Programme, log: StreamLog, partials_expected: bool, open_tail_counts: bool = False) -> StreamScore:
+    """Latency and cadence per speech region, transcripts per clip, bookkeeping errors.
+
+    ``open_tail_counts``: WhisperLive never completes the segment still open when the audio
+    ends; for its WER, that segment's last text counts as what the user saw (not as a final)."""
+    score = StreamScore([], {}, refused=log.refused, error=log.error)
+    if log.refused or not log.sent:
+        return score
+    regions = [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in programme.regions]
+    clips = [(p.start / SAMPLE_RATE, p.end / SAMPLE_RATE) for p in programme.placed]
+    finals = [s for s in log.seen if s.final]
+    partials = [s for s in log.seen if not s.final]
+    score.finals, score.partials = len(finals), len(partials)
+    keys = [s.key for s in finals]
+    score.duplicated = len(keys) - len(set(keys))
+    numbers = [int(k) for k in keys if k.isdigit()]
+    score.out_of_order = sum(1 for a, b in zip(numbers, numbers[1:]) if b <= a)
+
+    # Where each utterance (key) belongs: its final's segments, else its last partial's.
+    spans_of: dict[str, list[tuple[float, float]]] = {}
+    for seen in partials + finals:
+        if seen.spans:
+            spans_of[seen.key] = seen.spans
+    region_of = {key: _nearest(spans, regions) for key, spans in spans_of.items()}
+    for index, region in enumerate(programme.regions):
+        keys_here = {k for k, r in region_of.items() if r == index}
+        started = log.sent_at(region.start)
+        ended = log.sent_at(region.end - 1)
+        # A final that came before the speech ended cannot hold its end (WhisperLive completes
+        # segments mid-speech): only finals after the end can close the utterance.
+        arrivals = [s.arrival for s in finals if s.key in keys_here and s.arrival >= ended]
+        partial_times = sorted(s.arrival for s in partials if s.key in keys_here and s.arrival <= ended)
+        # Cadence counts on speech longer than a second, from its start to its end.
+        measured = partials_expected and region.end - region.start > SAMPLE_RATE
+        waits = np.diff([started, *partial_times, ended]) if measured else []
+        score.utterances.append(
+            UtteranceScore(
+                speech_start_s=region.start / SAMPLE_RATE,
+                speech_end_s=region.end / SAMPLE_RATE,
+                final_latency_s=max(arrivals) - ended if arrivals else None,
+                first_partial_s=partial_times[0] - started if partial_times else None,
+                longest_partial_wait_s=float(max(waits)) if len(waits) else None,
+            )
+        )
+    texts = list(finals)
+    if open_tail_counts and partials and (not finals or partials[-1].arrival > finals[-1].arrival):
+        texts.append(partials[-1])
+    for seen in sorted(texts, key=lambda s: (s.spans[0][0] if s.spans else 0.0)):
+        clip = _nearest(seen.spans, clips)
+        if clip is not None and seen.text.strip():
+            score.hypotheses[clip] = (score.hypotheses.get(clip, "") + " " + seen.text.strip()).strip()
+    latencies = [u.final_latency_s for u in score.utterances if u.final_latency_s is not None]
+    third = len(latencies) // 3
+    if third >= 2:
+        score.fell_behind = float(np.median(latencies[-third:]) - np.median(latencies[:third])) > BEHIND_RISE_S
+    return score
+
+
+def normaliser() -> Callable[[str], str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
+
+
+def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
+    """Corpus WER: all errors over all reference words, after Whisper's English normaliser."""
+    import jiwer
+
+    normalise = normaliser()
+    return float(jiwer.wer([normalise(r) for r in references], [normalise(h) for h in hypotheses]))
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
+    if not len(values):
+        return {"n": 0, "p50": None, "p95": None, "max": None}
+    array = np.asarray(values, dtype=float)
+    return {"n": len(array), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)), "max": float(array.max())}
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class ServerProcess:
+    """A server in a subprocess on a free loopback port, stopped with SIGTERM; CPU and peak RSS
+    are read from /proc (psutil)."""
+
+    name = "server"
+
+    def __init__(self, command: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.log = tempfile.NamedTemporaryFile(prefix=f"bench_{self.name}_", suffix=".log", delete=False)
+        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, timeout_s: float = 300.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{self.name} did not start; log: {self.log.name}")
+            time.sleep(0.25)
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        times = psutil.Process(self.process.pid).cpu_times()
+        return float(times.user + times.system)
+
+    def peak_rss_mb(self) -> float | None:
+        try:  # the kernel's high-water mark: exact, where sampling would miss short peaks
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import psutil
+
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class WhisperwireServer(ServerProcess):
+    name = "whisperwire"
+
+    def __init__(self, model: str, extra: Sequence[str]) -> None:
+        port = _free_port()
+        command = [sys.executable, "-m", "whisperwire.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        command += ["--model", model, "--log-level", "warning", *extra]
+        super().__init__(command, port)
+        self.url = f"ws://127.0.0.1:{port}/v1/websocket"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+
+class WhisperLiveServer(ServerProcess):
+    """WhisperLive's faster_whisper backend from its own environment, one shared model.
+
+    HOME points at an empty directory and the hub is offline: nothing is fetched."""
+
+    name = "whisperlive"
+
+    def __init__(self, python: str, model_dir: Path, max_clients: int) -> None:
+        port = _free_port()
+        code = (
+            "from whisper_live.server import TranscriptionServer\n"
+            f"TranscriptionServer().run('127.0.0.1', {port}, backend='faster_whisper', "
+            f"faster_whisper_custom_model_path={str(model_dir)!r}, single_model=True, "
+            f"max_clients={max_clients}, max_connection_time=3600)\n"
+        )
+        home = tempfile.mkdtemp(prefix="bench_whisperlive_home_")
+        env = {**os.environ, "HOME": home, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        super().__init__([python, "-c", code], port, env)
+        self.url = f"ws://127.0.0.1:{port}"
+        self.model_dir = model_dir
+
+    def ready(self) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(1)
+            return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- a run
+
+
+@dataclass
+class RunResult:
+    system: str
+    streams: int
+    stream_scores: list[StreamScore]
+    programmes: list[Programme]
+    server_cpu_s: float | None
+    server_peak_rss_mb: float | None
+    wall_s: float
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def summarise(run: RunResult, offline: dict[str, str] | None) -> dict[str, Any]:
+    admitted = [s for s in run.stream_scores if s.refused is None]
+    utterances = [u for s in admitted for u in s.utterances]
+    latencies = [u.final_latency_s for u in utterances if u.final_latency_s is not None]
+    refs, hyps, offline_hyps = [], [], []
+    for score, programme in zip(run.stream_scores, run.programmes):
+        if score.refused is not None or score.error is not None:
+            continue
+        for index, placed in enumerate(programme.placed):
+            refs.append(placed.clip.reference)
+            hyps.append(score.hypotheses.get(index, ""))
+            if offline is not None:
+                offline_hyps.append(offline.get(placed.clip.file, ""))
+    long_utterances = [u for u in utterances if u.longest_partial_wait_s is not None]
+    return {
+        "system": run.system,
+        "streams": run.streams,
+        "refused": sum(s.refused is not None for s in run.stream_scores),
+        "errors": [s.error for s in run.stream_scores if s.error],
+        "final_latency_s": percentiles(latencies),
+        "speech_without_final": sum(u.final_latency_s is None for u in utterances),
+        "first_partial_s": percentiles([u.first_partial_s for u in utterances if u.first_partial_s is not None]),
+        "longest_partial_wait_s": percentiles([u.longest_partial_wait_s for u in long_utterances]),
+        "partial_every_1s_share": (
+            sum(u.longest_partial_wait_s <= PARTIAL_TARGET_GAP_S for u in long_utterances) / len(long_utterances)  # type: ignore[operator]
+            if long_utterances
+            else None
+        ),
+        "wer_streaming": word_error_rate(refs, hyps) if refs else None,
+        "wer_offline": word_error_rate(refs, offline_hyps) if offline_hyps else None,
+        "fell_behind": sum(s.fell_behind for s in admitted),
+        "duplicated_finals": sum(s.duplicated for s in admitted),
+        "out_of_order_finals": sum(s.out_of_order for s in admitted),
+        "finals": sum(s.finals for s in admitted),
+        "partials": sum(s.partials for s in admitted),
+        "server_cpu_s": run.server_cpu_s,
+        "server_cores": run.server_cpu_s / run.wall_s if run.server_cpu_s is not None and run.wall_s else None,
+        "server_peak_rss_mb": run.server_peak_rss_mb,
+        "wall_s": run.wall_s,
+        "audio_s_per_stream": float(np.mean([p.seconds for p in run.programmes])) if run.programmes else 0.0,
+    }
+
+
+async def play_all(driver: Driver, programmes: list[Programme], args: argparse.Namespace, advance: Callable[[float], None]) -> list[StreamLog]:
+    logs = [StreamLog() for _ in programmes]
+
+    async def one(index: int) -> None:
+        # Streams join over the first second, as clients do; not all in the same instant.
+        await asyncio.sleep(random.Random(args.seed + index).uniform(0, 1.0))
+        pacer = Pacer(args.seed * 1000 + index, args.speed, (args.frame_ms_min, args.frame_ms_max), advance)
+        await driver.play(programmes[index], logs[index], pacer)
+
+    await asyncio.gather(*(one(i) for i in range(len(programmes))))
+    return logs
+
+
+def run_once(system: str, streams: int, clips: list[Clip], args: argparse.Namespace, vad: Any, audio: dict[str, np.ndarray], progress: Any) -> RunResult:
+    programmes = [
+        build_programme(clips, i, args.gap, args.seconds, vad, args.min_silence_ms, audio) for i in range(streams)
+    ]
+    server: ServerProcess | None = None
+    driver: Driver
+    if system == "whisperwire":
+        if not args.url:
+            server = WhisperwireServer(args.model, args.server_arg)
+        driver = WhisperwireDriver(args.url or server.url, args.api_key, _metadata(args))  # type: ignore[union-attr]
+    else:
+        from whisperwire.models import resolve_model
+
+        model_dir = resolve_model(args.model)
+        server = WhisperLiveServer(args.whisperlive_python, model_dir, max_clients=streams + 4)
+        driver = WhisperLiveDriver(server.url, str(model_dir))
+    task = progress.add_task(f"{system} N={streams}", total=sum(p.seconds for p in programmes))
+    try:
+        if server is not None:
+            server.wait_ready()
+        cpu_before = server.cpu_seconds() if server is not None else None
+        began = time.monotonic()
+        logs = asyncio.run(play_all(driver, programmes, args, lambda s: progress.advance(task, s)))
+        wall = time.monotonic() - began
+        cpu = server.cpu_seconds() - cpu_before if server is not None and cpu_before is not None else None
+        rss = server.peak_rss_mb() if server is not None else None
+    finally:
+        if server is not None:
+            server.stop()
+    progress.update(task, completed=sum(p.seconds for p in programmes))
+    partials_expected = system == "whisperlive" or args.partials  # WhisperLive always sends them
+    scores = [score_stream(p, log, partials_expected, system == "whisperlive") for p, log in zip(programmes, logs)]
+    return RunResult(system, streams, scores, programmes, cpu, rss, wall)
+
+
+def _metadata(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {"encoding": "pcm_s16le", "sample_rate": SAMPLE_RATE}
+    if args.partials:
+        params["enable_partial_transcripts"] = True
+        params["partial_transcript_interval_s"] = args.partial_interval
+    return {
+        # Sent explicitly: the offline rule must use the server's values.
+        "streaming_vad_config": {"threshold": VAD_THRESHOLD, "min_silence_duration_ms": args.min_silence_ms},
+        "streaming_params": params,
+        "whisper_params": {"audio_language": "en"},
+    }
+
+
+def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarray]) -> dict[str, str]:
+    """Each whole clip decoded once by faster-whisper, with full 30 s windows: the ceiling."""
+    from whisperwire.engine import DecodeOptions, load_engine
+
+    engine = load_engine(model, fit_window=False)
+    options = DecodeOptions(language="en")
+    return {c.file: engine.transcribe(audio[c.file].astype(np.float32) / 32768, options).text for c in clips}
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="whisperwire bench", show_lines=False)
+    columns = [
+        "system", "N", "refused", "final p50", "final p95", "final max", "no final", "1st partial p50",
+        "partial wait p95", "WER stream", "WER offline", "behind", "dup/order", "CPU cores", "peak RSS MB",
+    ]
+    for column in columns:
+        table.add_column(column, justify="right")
+    for s in summaries:
+        fl, fp, pw = s["final_latency_s"], s["first_partial_s"], s["longest_partial_wait_s"]
+        table.add_row(
+            s["system"], str(s["streams"]), str(s["refused"]), _fmt(fl["p50"]), _fmt(fl["p95"]), _fmt(fl["max"]),
+            str(s["speech_without_final"]), _fmt(fp["p50"]), _fmt(pw["p95"]), _fmt(s["wer_streaming"], "{:.1%}"),
+            _fmt(s["wer_offline"], "{:.1%}"), str(s["fell_behind"]),
+            f"{s['duplicated_finals']}/{s['out_of_order_finals']}", _fmt(s["server_cores"]), _fmt(s["server_peak_rss_mb"], "{:.0f}"),
+        )
+    console.print(table)
+    console.print("latencies in seconds; final latency = final's arrival - wall time its speech's last sample was sent")
+
+
+def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def plot(runs: list[RunResult], summaries: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (cdf, capacity) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for run in runs:
+        latencies = sorted(u.final_latency_s for s in run.stream_scores for u in s.utterances if u.final_latency_s is not None)
+        if latencies:
+            style = "-" if run.system == "whisperwire" else "--"
+            cdf.plot(latencies, np.arange(1, len(latencies) + 1) / len(latencies), style, label=f"{run.system} N={run.streams}")
+    cdf.set_xscale("log")
+    cdf.set_xlabel("final latency (s)")
+    cdf.set_ylabel("share of utterances")
+    cdf.set_title("final latency CDF")
+    cdf.grid(True, which="both", alpha=0.3)
+    cdf.legend(fontsize=7)
+    for system in dict.fromkeys(s["system"] for s in summaries):
+        points = [(s["streams"], s["final_latency_s"]["p95"]) for s in summaries if s["system"] == system and s["final_latency_s"]["p95"] is not None]
+        if points:
+            capacity.plot(*zip(*points), "o-", label=system)
+    capacity.axhline(1.5, color="grey", linestyle=":", label="1.5 s")
+    capacity.set_xlabel("concurrent real-time streams (N)")
+    capacity.set_ylabel("p95 final latency (s)")
+    capacity.set_yscale("log")
+    capacity.set_title("capacity")
+    capacity.grid(True, which="both", alpha=0.3)
+    capacity.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--streams", default="1", help="concurrent streams per run, comma-separated, e.g. 1,4,8,16 [%(default)s]")
+    parser.add_argument("--manifest", type=Path, default=DEFAULT_MANIFEST, help="clips and references [%(default)s]")
+    parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
+    parser.add_argument("--seconds", type=float, default=None, help="audio per stream; default: every clip once")
+    parser.add_argument("--gap", type=float, default=1.5, help="seconds of silence between clips [%(default)s]")
+    parser.add_argument("--speed", type=float, default=1.0, help="pace as a multiple of real time; 0: at once [%(default)s]")
+    parser.add_argument("--frame-ms-min", type=int, default=20, help=argparse.SUPPRESS)
+    parser.add_argument("--frame-ms-max", type=int, default=40, help=argparse.SUPPRESS)
+    parser.add_argument("--partials", action="store_true", help="ask for partial transcripts")
+    parser.add_argument("--partial-interval", type=float, default=0.5, help="seconds between partials [%(default)s]")
+    parser.add_argument("--min-silence-ms", type=int, default=300, help="the silence window [%(default)s]")
+    parser.add_argument("--model", default="tiny.en", help="model of the servers started and of the offline decode [%(default)s]")
+    parser.add_argument("--url", help="measure a running whisperwire server instead of starting one (no CPU numbers)")
+    parser.add_argument("--api-key", default=os.environ.get("WHISPERWIRE_API_KEY"), help="[$WHISPERWIRE_API_KEY]")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra argument for `whisperwire serve` (repeatable), e.g. --server-arg=--encoder-window=full")
+    parser.add_argument("--whisperlive-python", help="python of an environment with whisper-live: also measure WhisperLive")
+    parser.add_argument("--only-whisperlive", action="store_true", help="measure WhisperLive alone")
+    parser.add_argument("--no-offline", action="store_true", help="skip the offline WER baseline")
+    parser.add_argument("--seed", type=int, default=1, help="frame sizes and start times [%(default)s]")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write every number here")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw the latency CDFs and the capacity curve here")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    _require_extra()
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from whisperwire.client import decode_file
+    from whisperwire.vad import SileroVAD
+
+    console = Console(stderr=True)
+    streams = [int(n) for n in str(args.streams).split(",") if n.strip()]
+    if not streams or min(streams) < 1:
+        console.print("error: --streams takes positive counts, e.g. 1,4,16")
+        return 2
+    if not args.manifest.exists():
+        console.print(f"error: no manifest at {args.manifest}")
+        return 2
+    clips = read_manifest(args.manifest, "en", args.clip)
+    if not clips:
+        console.print(f"error: no English clips with references in {args.manifest}" + (f" matching {args.clip}" if args.clip else ""))
+        return 2
+    systems = [] if args.only_whisperlive else ["whisperwire"]
+    if args.whisperlive_python:
+        systems.append("whisperlive")
+    if not systems:
+        console.print("error: --only-whisperlive needs --whisperlive-python")
+        return 2
+    audio = {c.file: np.frombuffer(decode_file(c.path, SAMPLE_RATE), dtype="<i2") for c in clips}
+    vad = SileroVAD()
+    runs: list[RunResult] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"), TimeRemainingColumn())
+    with Progress(*columns, console=console) as progress:
+        for n in streams:  # the systems alternate at each N: the machine's background load hits both alike
+            for system in systems:
+                runs.append(run_once(system, n, clips, args, vad, audio, progress))
+    offline = None if args.no_offline else offline_transcripts(clips, args.model, audio)
+    summaries = [summarise(run, offline) for run in runs]
+    print_table(summaries, Console(width=max(Console().width, 180)))
+    if args.json:
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("api_key", "run")}
+        payload = {
+            "config": config,
+            "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+            "runs": [
+                {"summary": s, "streams": [asdict(score) for score in run.stream_scores]} for s, run in zip(summaries, runs)
+            ],
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
+    if args.plot:
+        plot(runs, summaries, args.plot)
+    failed = any(s["errors"] for s in summaries)
+    return 1 if failed else 0
