@@ -160,7 +160,7 @@ class WhisperEngine:
         device: str = "cpu",
         compute_type: str = "default",
         cpu_threads: int = 0,
-        fit_window: bool = True,
+        fit_window: bool = False,
     ) -> None:
         self.device = _resolve_device(device)
         self.compute_type = _resolve_compute_type(compute_type, self.device)
@@ -302,7 +302,7 @@ def load_engine(
     compute_type: str = "default",
     cpu_threads: int = 0,
     cache_dir: Path | None = None,
-    fit_window: bool = True,
+    fit_window: bool = False,
 ) -> WhisperEngine:
     """Find (or assemble) the model named by ``spec`` and load it; see models.resolve_model."""
     model_dir = resolve_model(spec, cache_dir)

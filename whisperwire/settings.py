@@ -100,7 +100,9 @@ class Settings(BaseModel):
         3.0, "refuse new streams while a final has waited this many seconds for recognition; 0: no limit"
     )
     encoder_window: Literal["fit", "full"] = _setting(
-        "fit", "`fit`: encode the 20, 25 or 30 s window that holds the utterance; `full`: always 30 s"
+        "full",
+        "`full`: always the 30 s window Whisper was trained on; `fit`: the 20, 25 or 30 s window "
+        "that holds the utterance (faster, but it can end an utterance's text early)",
     )
     draft_finals: bool = _setting(
         True, "start recognising a final when the silence begins, not when its window has passed"
