@@ -121,7 +121,7 @@ async def test_finalize_flushes_buffered_speech_and_the_session_goes_on(server, 
     audio = s16le(np.concatenate([first[: int(2.4 * 16_000)], second[: int(2.9 * 16_000)]]))
     received = await stream(server.url, {"streaming_vad_config": {"min_silence_duration_ms": 3000}}, audio, controls={int(2.4 * 32_000): "finalize"})
     assert [m["transcription_num"] for m in received.finals] == [0, 1]
-    assert "suit" in words(received.finals[0]["transcript"]) or "dark" in words(received.finals[0]["transcript"])
+    assert {"greasy", "wash", "water"} <= set(words(received.finals[0]["transcript"])), received.finals[0]
     assert "canoe" in words(received.finals[1]["transcript"])
     assert received.close_code == 1000
 

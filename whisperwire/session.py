@@ -274,6 +274,8 @@ class Session:
         if self._decoder is None:
             return 0.0
         return self._decoder.samples_in / self._decoder.sample_rate
+
+    @property
     def lag_s(self) -> float:
         """Audio received but not yet dealt with, in seconds: behind the VAD, or since the end of
         the oldest utterance still waiting for its final. The audio of an utterance still being
