@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         default=SessionLimits.max_frame_bytes,
         help="largest WebSocket message accepted [%(default)s]",
     )
+    serve.add_argument(
+        "--context-prompt",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="give Whisper the previous utterance's text as context, after the client's prompt [off]",
+    )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for finals")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.set_defaults(run=_serve)
@@ -140,7 +146,12 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout,
         max_frame_bytes=args.max_frame_bytes,
     )
-    config = ServerConfig(api_keys=keys, limits=limits, drain_timeout_s=args.drain_timeout)
+    config = ServerConfig(
+        api_keys=keys,
+        limits=limits,
+        drain_timeout_s=args.drain_timeout,
+        context_prompt=args.context_prompt,
+    )
     app = create_app(engine, config)
     log.info("model %s loaded on %s; listening on ws://%s:%d/v1/websocket", args.model, args.device, args.host, args.port)
     server = DrainingServer(

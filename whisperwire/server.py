@@ -46,6 +46,7 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
+    context_prompt: bool = False  # prompt each utterance with the previous one's text
 
 
 class Whisperwire:
@@ -105,6 +106,7 @@ class Connection:
             new_vad=app.vad.new_stream,
             limits=app.config.limits,
             now=self.loop.time(),
+            context_prompt=app.config.context_prompt,
         )
         self.done = asyncio.Event()
         self._inbox: deque[tuple[Any, ...]] = deque()

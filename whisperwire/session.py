@@ -11,7 +11,7 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -43,6 +43,12 @@ _CUT_SEARCH_S = 2.0
 # far under the threshold those windows may be.
 _ONSET_LOOKBACK_WINDOWS = 16
 _ONSET_GAP = 0.3
+# An utterance with less speech than this (windows at or above the threshold; Silero's own
+# minimum speech duration) is a burst of laughter, a breath or a click more often than a word:
+# its text is kept only if Whisper decoded it with at least this mean log-probability.
+# benchmarks/transcript_quality.py measures both sides.
+_MIN_SPEECH_S = 0.25
+_SHORT_SPEECH_MIN_LOGPROB = -0.8
 
 
 class SpeechProbabilities(Protocol):
@@ -61,6 +67,7 @@ class InferenceRequest:
     offset_s: float  # stream time of audio[0]
     options: DecodeOptions
     detect_only: bool = False
+    speech_s: float = 0.0  # how much of the audio the VAD called speech (windows at or above threshold)
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class _Utterance:
     window_probs: list[tuple[int, float]]  # (window start, probability), for the quiet-point cut
     next_partial_at: int
     silence_start: int | None = None
+    speech_windows: int = 0  # windows at or above the threshold
 
 
 class Session:
@@ -155,6 +163,7 @@ class Session:
         new_vad: Callable[[], SpeechProbabilities],
         limits: SessionLimits = SessionLimits(),
         now: float = 0.0,
+        context_prompt: bool = False,
     ) -> None:
         self.session_id = session_id
         self.state = State.AWAITING_METADATA
@@ -163,6 +172,8 @@ class Session:
         self._count_tokens = count_tokens
         self._new_vad = new_vad
         self._limits = limits
+        self._context_prompt = context_prompt
+        self._context: str | None = None  # the latest final's text, with context_prompt
         self._connected_at = now
         self._last_frame_at = now
         self._close_code_when_done = CloseCode.NORMAL
@@ -352,6 +363,8 @@ class Session:
                 return []
             utterance = self._open_utterance(self._onset(start, max(0.1, vad.threshold - _ONSET_GAP)))
         utterance.window_probs.append((start, prob))
+        if prob >= vad.threshold:
+            utterance.speech_windows += 1
         # Speech ends after min_silence_duration_ms of windows *all* under threshold - 0.15
         # (PROTOCOL.md §3): one window at or above it, a soft word, restarts the count.
         if prob >= vad.threshold - _NEG_THRESHOLD_GAP:
@@ -411,11 +424,14 @@ class Session:
         return events + self._reopen_after_cut(cut, end, seen)
 
     def _reopen_after_cut(self, cut: int, end: int, seen: list[tuple[int, float]]) -> list[Event]:
+        assert self.metadata is not None
+        threshold = self.metadata.streaming_vad_config.threshold
         utterance = _Utterance(
             num=self._next_num,
             start=cut,
             window_probs=seen,
             next_partial_at=cut + self._partial_interval(),
+            speech_windows=sum(1 for _, p in seen if p >= threshold),
         )
         self._next_num += 1
         self._utterance = utterance
@@ -433,7 +449,7 @@ class Session:
         # Skip marks already passed (a large frame), so one frame asks for one partial at most.
         while utterance.next_partial_at <= end:
             utterance.next_partial_at += interval
-        return [RunInference(self._request("partial", utterance.num, utterance.start, end))]
+        return [RunInference(self._request("partial", utterance, end))]
 
     def _end_utterance(self, end: int) -> list[Event]:
         utterance = self._utterance
@@ -445,18 +461,22 @@ class Session:
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
         self._awaiting.append(utterance.num)
-        return [RunInference(self._request("final", utterance.num, utterance.start, end))]
+        return [RunInference(self._request("final", utterance, end))]
 
-    def _request(self, kind: Literal["partial", "final"], num: int, start: int, end: int) -> InferenceRequest:
+    def _request(self, kind: Literal["partial", "final"], utterance: _Utterance, end: int) -> InferenceRequest:
         assert self._options is not None and self.metadata is not None
+        options = self._options
+        if self._context_prompt and self._context:
+            options = replace(options, context=self._context)
         return InferenceRequest(
             session_id=self.session_id,
             kind=kind,
-            transcription_num=num,
-            audio=self._buffer.view(start, end).copy(),
-            offset_s=start / TARGET_RATE,
-            options=self._options,
+            transcription_num=utterance.num,
+            audio=self._buffer.view(utterance.start, end).copy(),
+            offset_s=utterance.start / TARGET_RATE,
+            options=options,
             detect_only=self.metadata.whisper_params.language_detection_only,
+            speech_s=utterance.speech_windows * WINDOW_SAMPLES / TARGET_RATE,
         )
 
     def _trim(self) -> None:
@@ -486,6 +506,7 @@ class Session:
         # every earlier final is out: messages never go back in number.
         if current is None or current.num != num or self._awaiting or self.state is not State.STREAMING:
             return []
+        result = _heard(request, result)
         if not result.text:
             return []
         self._partial_sent.add(num)
@@ -513,7 +534,10 @@ class Session:
                 language_prob=result.language_prob,
                 segments=[],
             )
-        if not result.text and num not in self._partial_sent:
+        result = _heard(request, result)
+        if result.text:
+            self._context = result.text
+        elif num not in self._partial_sent:
             return None  # non-speech after all: the number is skipped, as PROTOCOL.md allows
         self._partial_sent.discard(num)
         return self._transcription(request, result, is_final=True)
@@ -576,6 +600,14 @@ class Session:
             reason = "terminated" if self._close_code_when_done is CloseCode.NORMAL else "server shutting down"
             return self._close(self._close_code_when_done, reason)
         return []
+
+
+def _heard(request: InferenceRequest, result: Result) -> Result:
+    """The result, or no words when the VAD heard too little speech for Whisper's doubtful text."""
+    mean = result.mean_logprob
+    if request.speech_s >= _MIN_SPEECH_S or mean is None or mean >= _SHORT_SPEECH_MIN_LOGPROB:
+        return result
+    return Result(segments=(), language=result.language, language_prob=result.language_prob)
 
 
 def _ms(milliseconds: int) -> int:
