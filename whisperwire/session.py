@@ -49,6 +49,10 @@ _ONSET_GAP = 0.3
 # benchmarks/transcript_quality.py measures both sides.
 _MIN_SPEECH_S = 0.25
 _SHORT_SPEECH_MIN_LOGPROB = -0.8
+# Whisper's end time for the last word of an utterance is often early (by up to half a second
+# on a fading last syllable); the VAD saw where the speech really stopped. The last segment and
+# word are extended to it, when it is this close.
+_END_SNAP_S = 0.6
 
 
 class SpeechProbabilities(Protocol):
@@ -68,6 +72,7 @@ class InferenceRequest:
     options: DecodeOptions
     detect_only: bool = False
     speech_s: float = 0.0  # how much of the audio the VAD called speech (windows at or above threshold)
+    speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
 
 
 @dataclass(frozen=True)
@@ -374,7 +379,9 @@ class Session:
 
         if utterance.silence_start is not None:
             if end - utterance.silence_start >= _ms(vad.min_silence_duration_ms):
-                return self._end_utterance(min(utterance.silence_start + _ms(vad.speech_pad_ms), end))
+                return self._end_utterance(
+                    min(utterance.silence_start + _ms(vad.speech_pad_ms), end), speech_end=utterance.silence_start
+                )
             return []
         if end - utterance.start >= self._max_samples():
             return self._cut_long_utterance(end)
@@ -451,7 +458,7 @@ class Session:
             utterance.next_partial_at += interval
         return [RunInference(self._request("partial", utterance, end))]
 
-    def _end_utterance(self, end: int) -> list[Event]:
+    def _end_utterance(self, end: int, speech_end: int | None = None) -> list[Event]:
         utterance = self._utterance
         if utterance is None:
             return []
@@ -461,7 +468,10 @@ class Session:
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
         self._awaiting.append(utterance.num)
-        return [RunInference(self._request("final", utterance, end))]
+        request = self._request("final", utterance, end)
+        if speech_end is not None:
+            request = replace(request, speech_end_s=(speech_end - utterance.start) / TARGET_RATE)
+        return [RunInference(request)]
 
     def _request(self, kind: Literal["partial", "final"], utterance: _Utterance, end: int) -> InferenceRequest:
         assert self._options is not None and self.metadata is not None
@@ -535,6 +545,8 @@ class Session:
                 segments=[],
             )
         result = _heard(request, result)
+        if request.speech_end_s is not None:
+            result = _end_at(result, request.speech_end_s)
         if result.text:
             self._context = result.text
         elif num not in self._partial_sent:
@@ -608,6 +620,19 @@ def _heard(request: InferenceRequest, result: Result) -> Result:
     if request.speech_s >= _MIN_SPEECH_S or mean is None or mean >= _SHORT_SPEECH_MIN_LOGPROB:
         return result
     return Result(segments=(), language=result.language, language_prob=result.language_prob)
+
+
+def _end_at(result: Result, speech_end: float) -> Result:
+    """The result with its last segment (and word) ending where the VAD heard speech stop."""
+    if not result.segments:
+        return result
+    last = result.segments[-1]
+    if not 0 < speech_end - last.end <= _END_SNAP_S:
+        return result
+    words = last.words
+    if words:
+        words = (*words[:-1], replace(words[-1], end=speech_end))
+    return replace(result, segments=(*result.segments[:-1], replace(last, end=speech_end, words=words)))
 
 
 def _ms(milliseconds: int) -> int:
