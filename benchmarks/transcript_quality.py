@@ -132,7 +132,7 @@ async def run_monologue(url: str, engine: WhisperEngine, args: argparse.Namespac
     print(f"monologue: {len(clips)} clips joined, {len(audio) / RATE:.1f} s; offline WER {wer([reference], [offline]):.2%}")
     for silence_ms in (10_000, 300):
         metadata = {"streaming_vad_config": {"min_silence_duration_ms": silence_ms}}
-        received = await stream(url, metadata, s16le(np.concatenate([audio, np.zeros(RATE, np.float32)])))
+        received = await stream(url, metadata, s16le(np.concatenate([audio, np.zeros(RATE, np.float32)])), timeout=1800)
         ends = [m["segments"][-1]["end_time"] for m in received.finals if m["segments"]]
         print(f"  min_silence_duration_ms {silence_ms}: {len(received.finals)} finals, "
               f"streaming WER {wer([reference], [received.text]):.2%}")
@@ -145,7 +145,8 @@ async def run_monologue(url: str, engine: WhisperEngine, args: argparse.Namespac
 async def main(args: argparse.Namespace) -> int:
     engine = load_engine(args.model, cpu_threads=args.cpu_threads)
     started = time.perf_counter()
-    with start_server(engine, SileroVAD(), context_prompt=args.context_prompt) as server:
+    settings = {"context_prompt": True} if args.context_prompt else {}
+    with start_server(engine, SileroVAD(), **settings) as server:
         stats = server.app.state.whisperwire.scheduler.stats
         print(f"model={args.model} context_prompt={args.context_prompt}")
         if args.part in ("all", "nonspeech"):

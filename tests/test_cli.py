@@ -151,3 +151,11 @@ def test_api_keys_come_from_repeated_flags_and_the_environment(monkeypatch) -> N
     monkeypatch.setenv("WHISPERWIRE_API_KEY", "env-one, env-two")
     args = _parser().parse_args(["serve", "--api-key", "flag", "--api-key", "env-one"])
     assert _api_keys(args) == ("flag", "env-one", "env-two")
+
+
+def test_context_prompt_is_off_unless_asked() -> None:
+    from whisperwire.cli import _parser
+
+    assert _parser().parse_args(["serve"]).context_prompt is False
+    assert _parser().parse_args(["serve", "--context-prompt"]).context_prompt is True
+    assert _parser().parse_args(["serve", "--context-prompt", "--no-context-prompt"]).context_prompt is False

@@ -11,8 +11,8 @@ import pytest
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from tests import nonspeech
-from tests.conftest import read_wav
-from tests.streaming import s16le, stream, words
+from tests.conftest import read_wav, start_server
+from tests.streaming import s16le, stream, word_error_rate, words
 
 RATE = 16_000
 SECOND = np.zeros(RATE, dtype=np.float32)
@@ -82,3 +82,17 @@ async def test_segment_and_word_times_match_the_speech_the_vad_marks(server, cli
         ("last word end", last_word["end_time"], speech_end),
     ):
         assert abs(got - expected) < 0.3, (label, got, expected)
+
+
+async def test_a_server_with_context_prompt_still_gets_the_words(server, engine, vad, clips) -> None:
+    # The session and engine tests check that the previous final reaches Whisper's prompt; here
+    # the whole path runs on JFK split at each pause (four utterances), and carrying each final
+    # into the next utterance's prompt must not cost words.
+    clip = clips["en_jfk_inaugural_11s.wav"]
+    audio = s16le(np.concatenate([read_wav(clip.path), SECOND]))
+    plain = await stream(server.url, {}, audio)
+    with start_server(engine, vad, context_prompt=True) as with_context:
+        received = await stream(with_context.url, {}, audio)
+    assert len(received.finals) == 4, received.messages
+    one_word = 1 / len(words(clip.reference))
+    assert word_error_rate(clip.reference, received.text) <= word_error_rate(clip.reference, plain.text) + one_word, received.text
