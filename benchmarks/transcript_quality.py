@@ -15,9 +15,10 @@ speech: each English clip streamed with the default metadata (utterances split a
 silence), its finals joined, against the same clip transcribed whole (offline, as
 offline_wer.py). Corpus-level WER after Whisper's English normaliser.
 
-monologue: the English clips joined without pauses, streamed with min_silence_duration_ms 10000
-(so only the 30 s limit cuts it) and with the default 300 ms, against faster-whisper's own
-sequential 30 s windowing of the whole recording.
+monologue: the English clips joined without pauses (in manifest order, then in shuffled orders),
+streamed with min_silence_duration_ms 10000 (so only the 30 s limit cuts it; the manifest order
+with the default 300 ms too), against faster-whisper's own sequential 30 s windowing of the whole
+recording (engine.transcribe on it, as offline).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import random
 import sys
 import time
 from dataclasses import dataclass
@@ -126,20 +128,22 @@ async def run_speech(url: str, engine: WhisperEngine, args: argparse.Namespace) 
 
 async def run_monologue(url: str, engine: WhisperEngine, args: argparse.Namespace) -> None:
     clips = english_clips()
-    audio = np.concatenate([read_wav(AUDIO_DIR / name) for name, _ in clips])
-    reference = " ".join(ref for _, ref in clips)
-    offline = engine.transcribe(audio, DecodeOptions(language="en")).text
-    print(f"monologue: {len(clips)} clips joined, {len(audio) / RATE:.1f} s; offline WER {wer([reference], [offline]):.2%}")
-    for silence_ms in (10_000, 300):
-        metadata = {"streaming_vad_config": {"min_silence_duration_ms": silence_ms}}
-        received = await stream(url, metadata, s16le(np.concatenate([audio, np.zeros(RATE, np.float32)])), timeout=1800)
-        ends = [m["segments"][-1]["end_time"] for m in received.finals if m["segments"]]
-        print(f"  min_silence_duration_ms {silence_ms}: {len(received.finals)} finals, "
-              f"streaming WER {wer([reference], [received.text]):.2%}")
-        if args.verbose:
-            print(f"    utterance ends: {ends}")
-            for message in received.finals:
-                print(f"    [{message['transcription_num']}] {message['transcript']}")
+    orders = [clips] + [random.Random(seed).sample(clips, len(clips)) for seed in range(1, args.orders)]
+    for number, order in enumerate(orders):
+        audio = np.concatenate([read_wav(AUDIO_DIR / name) for name, _ in order])
+        reference = " ".join(ref for _, ref in order)
+        offline = engine.transcribe(audio, DecodeOptions(language="en")).text
+        print(f"monologue {number} ({'manifest order' if number == 0 else f'shuffled, seed {number}'}): "
+              f"{len(order)} clips joined, {len(audio) / RATE:.1f} s; offline WER {wer([reference], [offline]):.2%}")
+        for silence_ms in (10_000, 300) if number == 0 else (10_000,):
+            metadata = {"streaming_vad_config": {"min_silence_duration_ms": silence_ms}}
+            pcm = s16le(np.concatenate([audio, np.zeros(RATE, np.float32)]))
+            received = await stream(url, metadata, pcm, timeout=1800)
+            print(f"  min_silence_duration_ms {silence_ms}: {len(received.finals)} finals, "
+                  f"streaming WER {wer([reference], [received.text]):.2%}")
+            if args.verbose:
+                for message in received.finals:
+                    print(f"    [{message['transcription_num']}] {message['transcript']}")
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -166,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cpu-threads", type=int, default=0, help="0: CTranslate2's default")
     parser.add_argument("--threshold", type=float, default=0.5, help="VAD threshold for the non-speech part")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated signal")
+    parser.add_argument("--orders", type=int, default=6, help="monologues: the manifest order and shuffles")
     parser.add_argument("--context-prompt", action="store_true", help="serve with --context-prompt")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)

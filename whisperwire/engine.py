@@ -92,12 +92,13 @@ class Engine(Protocol):
 # --------------------------------------------------------------------------- faster-whisper
 
 SAMPLE_RATE = 16_000
-# Whisper's own signs that a decoded window held no speech (benchmarks/transcript_quality.py
-# measures them). The streaming VAD hands over short bursts of laughter, breath or noise that
-# Whisper decodes as "Thank you." or "Good." with a no-speech probability of 0.55-0.9 and a mean
-# log-probability of -0.8 to -1.2; no utterance of the shared English clips streamed with the
-# default VAD settings goes above 0.45. A window is dropped when it is probably silent and was
-# not decoded with confidence: (no-speech probability, mean log-probability) past either pair.
+# Whisper's own signs that a decoded window held no speech. The streaming VAD hands over short
+# bursts of laughter, breath or noise that Whisper decodes as "Thank you." or "Good." with a
+# no-speech probability of 0.55-0.9 and a mean log-probability of -0.8 to -1.2 (the laughter cuts
+# of benchmarks/transcript_quality.py); the least sure real utterance of the shared clips, JFK's
+# "Ask not!" alone, has 0.41 and -0.99 (tests/test_quality.py keeps it). A window is dropped when
+# it is probably silent and was not decoded with confidence: past either (no-speech probability,
+# mean log-probability) pair.
 SILENT_WINDOW_RULES = ((0.6, -0.5), (0.55, -1.0))
 # A segment that gzip-compresses better than 2.4:1 is a repetition loop ("you you you ..."),
 # which with a single temperature nothing else catches.
