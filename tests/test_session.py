@@ -284,6 +284,13 @@ def test_context_prompt_carries_the_previous_final_after_the_users_prompt() -> N
     session.inference_done(second, result(""))
     [third] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
     assert third.options.context == "And so my fellow Americans"
+    # An utterance that ends while the one before is still being recognised waits for its text.
+    assert requests(feed(session, np.concatenate([speech(0.5), silence(0.5)]))) == []
+    events = session.inference_done(third, result("ask not"))
+    assert [m.transcript for m in messages(events)] == ["ask not"]
+    [fourth] = requests(events)
+    assert (fourth.transcription_num, fourth.options.context) == (3, "ask not")
+    assert 0.5 * RATE <= len(fourth.audio) <= 0.7 * RATE  # its audio was kept while it waited
 
 
 # --------------------------------------------------------------------------- partials

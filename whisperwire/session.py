@@ -192,6 +192,9 @@ class Session:
         self._last_end = 0  # an utterance never starts before the previous one ended
         self._next_num = 0
         self._awaiting: list[int] = []  # final numbers requested, in order
+        # With context_prompt, an ended utterance whose previous final is not out yet waits here
+        # (utterance, end, speech end): its prompt is that final's text.
+        self._held: deque[tuple[_Utterance, int, int | None]] = deque()
         self._finished: dict[int, tuple[InferenceRequest, Result]] = {}  # not yet sent
         self._partial_sent: set[int] = set()
         self._recent: deque[tuple[int, float]] = deque(maxlen=_ONSET_LOOKBACK_WINDOWS)
@@ -467,11 +470,18 @@ class Session:
         self._last_end = end
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
+        waits = self._context_prompt and bool(self._awaiting)
         self._awaiting.append(utterance.num)
+        if waits:
+            self._held.append((utterance, end, speech_end))
+            return []
+        return [RunInference(self._final_request(utterance, end, speech_end))]
+
+    def _final_request(self, utterance: _Utterance, end: int, speech_end: int | None) -> InferenceRequest:
         request = self._request("final", utterance, end)
-        if speech_end is not None:
-            request = replace(request, speech_end_s=(speech_end - utterance.start) / TARGET_RATE)
-        return [RunInference(request)]
+        if speech_end is None:
+            return request
+        return replace(request, speech_end_s=(speech_end - utterance.start) / TARGET_RATE)
 
     def _request(self, kind: Literal["partial", "final"], utterance: _Utterance, end: int) -> InferenceRequest:
         assert self._options is not None and self.metadata is not None
@@ -490,13 +500,16 @@ class Session:
         )
 
     def _trim(self) -> None:
-        """Keep only what a future utterance may still need: the pre-speech pad."""
+        """Keep only what a held final or a future utterance may still need."""
         if self._utterance is not None:
-            self._buffer.drop_before(self._utterance.start)
-            return
-        assert self.metadata is not None
-        pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
-        self._buffer.drop_before(max(self._vad_pos - pad, self._last_end - pad, 0))
+            keep = self._utterance.start
+        else:
+            assert self.metadata is not None
+            pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
+            keep = max(self._vad_pos - pad, self._last_end - pad, 0)
+        if self._held:
+            keep = min(keep, self._held[0][0].start)
+        self._buffer.drop_before(keep)
 
     def _max_samples(self) -> int:
         assert self.metadata is not None
@@ -529,6 +542,9 @@ class Session:
             message = self._final_message(request, result)
             if message is not None:
                 events.append(SendMessage(message))
+        if self._held and self._awaiting[0] == self._held[0][0].num:
+            # Every earlier final is out: the context of the held one is known now.
+            events.append(RunInference(self._final_request(*self._held.popleft())))
         return events + self._close_if_done()
 
     def _final_message(self, request: InferenceRequest, result: Result) -> Transcription | None:
