@@ -216,3 +216,18 @@ def test_serve_admission_and_speed_flags_reach_the_server(clips) -> None:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_context_prompt_is_off_unless_asked() -> None:
+    from whisperwire.cli import _parser
+    from whisperwire.settings import load_settings
+
+    def context_prompt(*argv: str, environ: dict[str, str] | None = None) -> bool:
+        args = vars(_parser().parse_args(["serve", *argv]))
+        args.pop("run")
+        return load_settings(args, environ or {}).context_prompt
+
+    assert context_prompt() is False
+    assert context_prompt("--context-prompt") is True
+    assert context_prompt(environ={"WHISPERWIRE_CONTEXT_PROMPT": "on"}) is True
+    assert context_prompt("--no-context-prompt", environ={"WHISPERWIRE_CONTEXT_PROMPT": "on"}) is False

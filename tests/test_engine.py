@@ -17,6 +17,7 @@ from faster_whisper.transcribe import Word as FwWord
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from whisperwire.engine import (
+    PROMPT_TOKEN_LIMIT,
     SAMPLE_RATE,
     DecodeOptions,
     Result,
@@ -106,6 +107,27 @@ def test_prompt_tokens_are_counted_as_whisper_sees_them(engine: WhisperEngine) -
     assert engine.count_tokens("hello world") == engine.count_tokens("  hello world ") == 2
     long_prompt = " ".join(["transcription"] * 300)
     assert engine.count_tokens(long_prompt) > 224
+
+
+def test_context_is_trimmed_from_its_start_and_the_users_prompt_kept_whole(engine: WhisperEngine) -> None:
+    tokenizer = engine._model.hf_tokenizer
+    user = "Glossary: Prynne, Gutenberg, Dagon."
+    context = " ".join(f"word{i}" for i in range(400))  # far over the limit alone
+    tokens = engine._prompt_tokens(DecodeOptions(language="en", prompt=user, context=context))
+    assert tokens is not None and len(tokens) <= PROMPT_TOKEN_LIMIT
+    text = tokenizer.decode(tokens)
+    assert text.startswith(" " + user + " word")
+    assert text.endswith(" word399")  # the newest words stay
+    kept = text[len(" " + user) :].split()
+    assert all(w.startswith("word") for w in kept)  # whole words only
+    assert kept == [f"word{i}" for i in range(400 - len(kept), 400)]
+    # Short enough, both go in whole; without either, there is no prompt at all.
+    both = engine._prompt_tokens(DecodeOptions(language="en", prompt="Hi.", context="ask not"))
+    assert tokenizer.decode(both or []) == " Hi. ask not"
+    assert engine._prompt_tokens(DecodeOptions(language="en", context="  ")) is None
+    full = " ".join(["transcription"] * 224)
+    crowded = engine._prompt_tokens(DecodeOptions(language="en", prompt=full, context="ask not"))
+    assert "ask" not in tokenizer.decode(crowded or [])
 
 
 def test_a_prompt_and_beam_width_3_still_transcribe(engine: WhisperEngine, jfk: np.ndarray) -> None:

@@ -87,7 +87,7 @@ def closes(events: list) -> list[CloseConnection]:
     return [e for e in events if isinstance(e, CloseConnection)]
 
 
-def result(text: str, start: float = 0.0, end: float = 1.0, words: bool = False) -> Result:
+def result(text: str, start: float = 0.0, end: float = 1.0, words: bool = False, logprob: float = -0.2) -> Result:
     if not text:
         return Result(segments=(), language="en", language_prob=None)
     word_list = tuple(Word(w, start + i * 0.1, start + i * 0.1 + 0.1, 0.9) for i, w in enumerate(text.split()))
@@ -95,7 +95,7 @@ def result(text: str, start: float = 0.0, end: float = 1.0, words: bool = False)
         text=" " + text,
         start=start,
         end=end,
-        avg_logprob=-0.2,
+        avg_logprob=logprob,
         n_tokens=len(text.split()),
         no_speech_prob=0.01,
         compression_ratio=1.2,
@@ -226,7 +226,12 @@ def test_message_times_are_seconds_from_stream_start() -> None:
     [message] = messages(session.inference_done(final, result("hello there", start=0.1, end=0.9, words=True)))
     segment = message.segments[0]
     assert segment.start_time == pytest.approx(final.offset_s + 0.1, abs=1e-3)
-    assert segment.end_time == pytest.approx(final.offset_s + 0.9, abs=1e-3)
+    # Whisper ended the last word 0.9 s into the utterance; the VAD heard speech until 3.0 s of
+    # the stream (the first window wholly after the tone starts at 3.008 s).
+    speech_end = final.offset_s + (final.speech_end_s or 0.0)
+    assert speech_end == pytest.approx(3.0, abs=0.04)
+    assert segment.end_time == pytest.approx(speech_end, abs=1e-3)
+    assert segment.word_timestamps[-1].end_time == pytest.approx(speech_end, abs=1e-3)
     assert [w.word for w in segment.word_timestamps] == ["hello", "there"]
     assert message.confidence == pytest.approx(np.exp(-0.2))
     payload = json.loads(message.model_dump_json())
@@ -234,11 +239,62 @@ def test_message_times_are_seconds_from_stream_start() -> None:
     assert "word_timestamps" in payload["segments"][0]
 
 
+def test_an_end_far_from_where_the_vad_heard_speech_stop_is_left_alone() -> None:
+    session = make_session()
+    [final] = requests(feed(session, np.concatenate([speech(2.0), silence(0.5)])))
+    [message] = messages(session.inference_done(final, result("hi", start=0.1, end=1.0)))
+    assert message.segments[0].end_time == pytest.approx(final.offset_s + 1.0, abs=1e-3)
+
+
 def test_word_timestamps_key_is_absent_unless_asked() -> None:
     session = make_session()
     [final] = requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))
     [message] = messages(session.inference_done(final, result("hi")))
     assert "word_timestamps" not in json.loads(message.model_dump_json())["segments"][0]
+
+
+def test_doubtful_text_of_a_burst_shorter_than_a_quarter_second_is_dropped() -> None:
+    # 0.192 s of speech (6 windows): a laugh or a click as often as a word.
+    session = make_session()
+    [burst] = requests(feed(session, np.concatenate([speech(0.192), silence(0.5)])))
+    assert burst.speech_s == pytest.approx(0.192)
+    assert messages(session.inference_done(burst, result("Thank you.", logprob=-1.0))) == []
+    # Decoded with confidence, the same burst is a word.
+    [word] = requests(feed(session, np.concatenate([speech(0.192), silence(0.5)])))
+    [sent] = messages(session.inference_done(word, result("Yes.", logprob=-0.5)))
+    assert (sent.transcription_num, sent.transcript) == (1, "Yes.")
+    # With a quarter second of speech or more, Whisper's doubt alone drops nothing here.
+    [longer] = requests(feed(session, np.concatenate([speech(0.256), silence(0.5)])))
+    assert [m.transcript for m in messages(session.inference_done(longer, result("Not.", logprob=-1.1)))] == ["Not."]
+
+
+def test_context_prompt_carries_the_previous_final_after_the_users_prompt() -> None:
+    audio = np.concatenate([speech(0.5), silence(0.5), speech(0.5), silence(0.5)])
+    plain = make_session(whisper_params={"prompt": "Names: Prynne."})
+    first, second = requests(feed(plain, audio))
+    plain.inference_done(first, result("one"))
+    assert second.options.context is None and second.options.prompt == "Names: Prynne."
+
+    session = Session(
+        "sess-2", model=ENGLISH, count_tokens=lambda t: len(t.split()), new_vad=LevelVAD, context_prompt=True
+    )
+    session.receive_text(json.dumps({"whisper_params": {"prompt": "Names: Prynne."}}), now=0.0)
+    [first] = requests(feed(session, audio[: int(1.0 * RATE)]))
+    assert first.options.context is None  # nothing heard before it
+    session.inference_done(first, result("And so my fellow Americans"))
+    [second] = requests(feed(session, audio[int(1.0 * RATE) :]))
+    assert (second.options.prompt, second.options.context) == ("Names: Prynne.", "And so my fellow Americans")
+    # A final without words is not context.
+    session.inference_done(second, result(""))
+    [third] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
+    assert third.options.context == "And so my fellow Americans"
+    # An utterance that ends while the one before is still being recognised waits for its text.
+    assert requests(feed(session, np.concatenate([speech(0.5), silence(0.5)]))) == []
+    events = session.inference_done(third, result("ask not"))
+    assert [m.transcript for m in messages(events)] == ["ask not"]
+    [fourth] = requests(events)
+    assert (fourth.transcription_num, fourth.options.context) == (3, "ask not")
+    assert 0.5 * RATE <= len(fourth.audio) <= 0.7 * RATE  # its audio was kept while it waited
 
 
 # --------------------------------------------------------------------------- partials
@@ -414,6 +470,27 @@ def test_speech_that_resumes_withdraws_the_draft() -> None:
     [second_draft, final] = requests(events)
     assert second_draft.kind == "draft" and final.kind == "final" and final.span == second_draft.span
     assert len(final.audio) > len(draft.audio) + 0.5 * RATE - 1
+
+
+def test_with_the_context_prompt_a_draft_waits_until_its_context_is_known() -> None:
+    session = Session(
+        "sess-3", model=ENGLISH, count_tokens=lambda t: len(t.split()), new_vad=LevelVAD,
+        draft_finals=True, context_prompt=True,
+    )
+    session.receive_text("{}", now=0.0)
+    [draft, first] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
+    assert (draft.kind, first.kind, first.span) == ("draft", "final", draft.span)
+    # The next utterance's silence begins while the first final is still out: no draft, since
+    # its prompt would be that final's text; the final waits for it.
+    assert requests(feed(session, np.concatenate([speech(0.5), silence(0.5)]))) == []
+    events = session.inference_done(first, result("ask not"))
+    [second] = requests(events)
+    assert (second.kind, second.transcription_num, second.options.context) == ("final", 1, "ask not")
+    # Once every final is out, drafts come back, with the latest final as their context.
+    session.inference_done(second, result("what your country"))
+    [third_draft, third] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
+    assert third_draft.kind == "draft" and third_draft.options.context == "what your country"
+    assert third.span == third_draft.span and third.options == third_draft.options
 
 
 def test_no_drafts_unless_enabled() -> None:

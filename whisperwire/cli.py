@@ -117,6 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_sessions=settings.max_sessions or None,
         max_queue_wait_s=settings.max_queue_wait or None,
         draft_finals=settings.draft_finals,
+        context_prompt=settings.context_prompt,
     )
     app = create_app(engine, config)
     scheme = "wss" if settings.tls else "ws"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -28,6 +29,9 @@ class DecodeOptions:
     language: str | None  # None: detect per call, among language_options (empty: all)
     language_options: tuple[str, ...] = ()
     prompt: str | None = None
+    # Text heard just before this audio (the previous utterance), given to Whisper after the
+    # user's prompt; trimmed from its start so that the prompt fits.
+    context: str | None = None
     beam_width: int = 1
     length_penalty: float = 1.0
     repetition_penalty: float = 1.0
@@ -89,16 +93,21 @@ class Engine(Protocol):
 # --------------------------------------------------------------------------- faster-whisper
 
 SAMPLE_RATE = 16_000
-# A window whose no-speech probability is above 0.6 while its mean log-probability is under
-# LOG_PROB_THRESHOLD is skipped inside faster-whisper. Its default threshold is -1; ours is
-# stricter because the streaming VAD hands over short bursts of noise that Whisper decodes as
-# "Thank you." at about -0.8 with no-speech probability 0.7-0.8, while no real utterance of the
-# shared clips goes above 0.4 (tests/test_server.py). A segment that gzip-compresses better
-# than 2.4:1 is a repetition loop ("you you you ..."), which with a single temperature nothing
-# else catches, so it is dropped here.
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -0.5
+# Whisper's own signs that a decoded window held no speech. The streaming VAD hands over short
+# bursts of laughter, breath or noise that Whisper decodes as "Thank you." or "Good." with a
+# no-speech probability of 0.55-0.9 and a mean log-probability of -0.8 to -1.2 (the laughter cuts
+# of benchmarks/transcript_quality.py); the least sure real utterance of the shared clips, JFK's
+# "Ask not!" alone, has 0.41 and -0.99 (tests/test_quality.py keeps it). A window is dropped when
+# it is probably silent and was not decoded with confidence: past either (no-speech probability,
+# mean log-probability) pair.
+SILENT_WINDOW_RULES = ((0.6, -0.5), (0.55, -1.0))
+# A segment that gzip-compresses better than 2.4:1 is a repetition loop ("you you you ..."),
+# which with a single temperature nothing else catches.
 COMPRESSION_RATIO_LIMIT = 2.4
+_WORD = re.compile(r"\w")
+# faster-whisper keeps the last max_length // 2 - 1 tokens of a prompt (Whisper's text context
+# is 448 tokens, half of it for the prompt, less the <|startofprev|> token).
+PROMPT_TOKEN_LIMIT = 223
 
 
 # --------------------------------------------------------------------------- encoder window
@@ -186,11 +195,35 @@ class WhisperEngine:
         self.info = ModelInfo(name=name, multilingual=multilingual, languages=frozenset(languages))
 
     def count_tokens(self, text: str) -> int:
-        # faster-whisper sends the prompt as " " + prompt.strip(); count exactly that.
-        prompt = _clean_prompt(text)
-        if prompt is None:
-            return 0
-        return len(self._model.hf_tokenizer.encode(" " + prompt, add_special_tokens=False).ids)
+        return len(self._encode(text))
+
+    def _prompt_tokens(self, options: DecodeOptions) -> list[int] | None:
+        """The user's prompt followed by as much of the context as fits, as token ids.
+
+        faster-whisper keeps only the last PROMPT_TOKEN_LIMIT tokens of a prompt, so a context
+        that does not fit would push the user's prompt out; the context's oldest words go
+        instead, whole words at a time.
+        """
+        prompt = self._encode(options.prompt)
+        context = self._encode(options.context)
+        room = PROMPT_TOKEN_LIMIT - len(prompt)
+        if len(context) > room:
+            context = context[len(context) - max(room, 0) :]
+            while context and not self._starts_word(context[0]):
+                context = context[1:]
+        tokens = prompt + context
+        return tokens or None
+
+    def _encode(self, text: str | None) -> list[int]:
+        # faster-whisper sends a text prompt as " " + prompt.strip(); encode exactly that.
+        text = _clean_prompt(text)
+        if text is None:
+            return []
+        return list(self._model.hf_tokenizer.encode(" " + text, add_special_tokens=False).ids)
+
+    def _starts_word(self, token: int) -> bool:
+        # Byte-level BPE marks a token that begins with a space with "Ġ".
+        return (self._model.hf_tokenizer.id_to_token(token) or "").startswith("Ġ")
 
     def detect_language(
         self, audio: np.ndarray, language_options: tuple[str, ...] = ()
@@ -242,17 +275,17 @@ class WhisperEngine:
             no_repeat_ngram_size=options.no_repeat_ngram_size,
             temperature=0.0,
             compression_ratio_threshold=None,  # only steers fallback, which is off
-            log_prob_threshold=LOG_PROB_THRESHOLD,
-            no_speech_threshold=NO_SPEECH_THRESHOLD,
+            log_prob_threshold=None,  # the drop rules are applied below, in _heard
+            no_speech_threshold=None,
             condition_on_previous_text=False,
-            initial_prompt=_clean_prompt(options.prompt),
+            initial_prompt=self._prompt_tokens(options),
             word_timestamps=options.word_timestamps,
             vad_filter=False,  # the server's streaming VAD already cut the utterance
         )
         kept = tuple(
             self._segment_result(segment, duration, options.word_timestamps)
             for segment in segments  # a generator: iterating it is what runs the decoder
-            if segment.compression_ratio <= COMPRESSION_RATIO_LIMIT
+            if _heard(segment)
         )
         return Result(segments=kept, language=language, language_prob=language_prob)
 
@@ -344,6 +377,18 @@ def _model_languages(model_dir: Path, model: WhisperModel) -> frozenset[str]:
         return frozenset(model.supported_languages)
     tokens = (model.hf_tokenizer.id_to_token(i) for i in lang_ids)
     return frozenset(t[2:-2] for t in tokens if t and t.startswith("<|") and t.endswith("|>"))
+
+
+def _heard(segment: FwSegment) -> bool:
+    """Whether a decoded segment is speech rather than Whisper's text for silence or noise."""
+    if not _WORD.search(segment.text):
+        return False  # "." or "..." alone: no word was heard
+    if segment.compression_ratio > COMPRESSION_RATIO_LIMIT:
+        return False
+    return not any(
+        segment.no_speech_prob > no_speech and segment.avg_logprob < log_prob
+        for no_speech, log_prob in SILENT_WINDOW_RULES
+    )
 
 
 def _as_mono_float32(audio: np.ndarray) -> np.ndarray:

@@ -66,6 +66,7 @@ class ServerConfig:
     max_queue_wait_s: float | None = 3.0
     draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
     vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
+    context_prompt: bool = False  # prompt each utterance with the previous one's text
 
 
 class Whisperwire:
@@ -279,6 +280,7 @@ class Connection:
             now=self.loop.time(),
             draft_finals=app.config.draft_finals,
             vad_batch=app.config.vad_batch,
+            context_prompt=app.config.context_prompt,
         )
         self.done = asyncio.Event()
         self._inbox: deque[tuple[float, tuple[Any, ...]]] = deque()

@@ -11,7 +11,7 @@ import enum
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 import numpy as np
@@ -43,6 +43,16 @@ _CUT_SEARCH_S = 2.0
 # far under the threshold those windows may be.
 _ONSET_LOOKBACK_WINDOWS = 16
 _ONSET_GAP = 0.3
+# An utterance with less speech than this (windows at or above the threshold; Silero's own
+# minimum speech duration) is a burst of laughter, a breath or a click more often than a word:
+# its text is kept only if Whisper decoded it with at least this mean log-probability.
+# benchmarks/transcript_quality.py measures both sides.
+_MIN_SPEECH_S = 0.25
+_SHORT_SPEECH_MIN_LOGPROB = -0.8
+# Whisper's end time for the last word of an utterance is often early (by up to half a second
+# on a fading last syllable); the VAD saw where the speech really stopped. The last segment and
+# word are extended to it, when it is this close.
+_END_SNAP_S = 0.6
 
 
 class SpeechProbabilities(Protocol):
@@ -64,6 +74,8 @@ class InferenceRequest:
     offset_s: float  # stream time of audio[0]
     options: DecodeOptions
     detect_only: bool = False
+    speech_s: float = 0.0  # how much of the audio the VAD called speech (windows at or above threshold)
+    speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
 
     @property
     def span(self) -> tuple[str, int, float, int]:
@@ -160,6 +172,7 @@ class _Utterance:
     silence_start: int | None = None
     draft: InferenceRequest | None = None  # asked for during the current silence
     draft_result: Result | None = None
+    speech_windows: int = 0  # windows at or above the threshold
 
 
 class Session:
@@ -174,6 +187,7 @@ class Session:
         now: float = 0.0,
         draft_finals: bool = False,
         vad_batch: int = 1,
+        context_prompt: bool = False,
     ) -> None:
         self.session_id = session_id
         self.draft_finals = draft_finals
@@ -184,6 +198,8 @@ class Session:
         self._count_tokens = count_tokens
         self._new_vad = new_vad
         self._limits = limits
+        self._context_prompt = context_prompt
+        self._context: str | None = None  # the latest final's text, with context_prompt
         self._connected_at = now
         self._last_frame_at = now
         self._close_code_when_done = CloseCode.NORMAL
@@ -198,6 +214,9 @@ class Session:
         self._next_num = 0
         self._awaiting: list[int] = []  # final numbers requested, in order
         self._awaiting_end: dict[int, int] = {}  # their audio's end (absolute sample)
+        # With context_prompt, an ended utterance whose previous final is not out yet waits here
+        # (utterance, end, speech end): its prompt is that final's text.
+        self._held: deque[tuple[_Utterance, int, int | None]] = deque()
         self._finished: dict[int, tuple[InferenceRequest, Result]] = {}  # not yet sent
         self._partial_sent: set[int] = set()
         self._recent: deque[tuple[int, float]] = deque(maxlen=_ONSET_LOOKBACK_WINDOWS)
@@ -409,6 +428,8 @@ class Session:
                 return []
             utterance = self._open_utterance(self._onset(start, max(0.1, vad.threshold - _ONSET_GAP)))
         utterance.window_probs.append((start, prob))
+        if prob >= vad.threshold:
+            utterance.speech_windows += 1
         # Speech ends after min_silence_duration_ms of windows *all* under threshold - 0.15
         # (PROTOCOL.md §3): one window at or above it, a soft word, restarts the count.
         events: list[Event] = []
@@ -422,7 +443,7 @@ class Session:
             final_end = utterance.silence_start + _ms(vad.speech_pad_ms)
             # At the length limit during a pause, the pause is where the utterance ends.
             if end - utterance.silence_start >= _ms(vad.min_silence_duration_ms) or end - utterance.start >= self._max_samples():
-                return events + self._end_utterance(min(final_end, end))
+                return events + self._end_utterance(min(final_end, end), speech_end=utterance.silence_start)
             return events + self._maybe_draft(utterance, final_end, end)
         if end - utterance.start >= self._max_samples():
             return events + self._cut_long_utterance(end)
@@ -435,7 +456,9 @@ class Session:
         if speech resumes, the draft is dropped, or wasted if it already ran."""
         if not self.draft_finals or utterance.draft is not None or final_end > end:
             return []
-        utterance.draft = self._request("draft", utterance.num, utterance.start, final_end)
+        if self._context_prompt and self._awaiting:
+            return []  # its prompt is a final not out yet
+        utterance.draft = self._request("draft", utterance, final_end)
         return [RunInference(utterance.draft)]
 
     def _drop_draft(self, utterance: _Utterance) -> list[Event]:
@@ -488,11 +511,14 @@ class Session:
         return events + self._reopen_after_cut(cut, end, seen)
 
     def _reopen_after_cut(self, cut: int, end: int, seen: list[tuple[int, float]]) -> list[Event]:
+        assert self.metadata is not None
+        threshold = self.metadata.streaming_vad_config.threshold
         utterance = _Utterance(
             num=self._next_num,
             start=cut,
             window_probs=seen,
             next_partial_at=cut + self._partial_interval(),
+            speech_windows=sum(1 for _, p in seen if p >= threshold),
         )
         self._next_num += 1
         self._utterance = utterance
@@ -510,9 +536,9 @@ class Session:
         # Skip marks already passed (a large frame), so one frame asks for one partial at most.
         while utterance.next_partial_at <= end:
             utterance.next_partial_at += interval
-        return [RunInference(self._request("partial", utterance.num, utterance.start, end))]
+        return [RunInference(self._request("partial", utterance, end))]
 
-    def _end_utterance(self, end: int) -> list[Event]:
+    def _end_utterance(self, end: int, speech_end: int | None = None) -> list[Event]:
         utterance = self._utterance
         if utterance is None:
             return []
@@ -521,9 +547,13 @@ class Session:
         self._last_end = end
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
+        waits = self._context_prompt and bool(self._awaiting)
         self._awaiting.append(utterance.num)
         self._awaiting_end[utterance.num] = end
-        final = self._request("final", utterance.num, utterance.start, end)
+        if waits:
+            self._held.append((utterance, end, speech_end))
+            return self._drop_draft(utterance)
+        final = self._final_request(utterance, end, speech_end)
         draft = utterance.draft
         if draft is not None and draft.span == final.span:
             if utterance.draft_result is not None:  # recognised during the silence window
@@ -533,26 +563,39 @@ class Session:
             return [RunInference(final)]
         return self._drop_draft(utterance) + [RunInference(final)]
 
-    def _request(self, kind: Literal["partial", "draft", "final"], num: int, start: int, end: int) -> InferenceRequest:
+    def _final_request(self, utterance: _Utterance, end: int, speech_end: int | None) -> InferenceRequest:
+        request = self._request("final", utterance, end)
+        if speech_end is None:
+            return request
+        return replace(request, speech_end_s=(speech_end - utterance.start) / TARGET_RATE)
+
+    def _request(self, kind: Literal["partial", "draft", "final"], utterance: _Utterance, end: int) -> InferenceRequest:
         assert self._options is not None and self.metadata is not None
+        options = self._options
+        if self._context_prompt and self._context:
+            options = replace(options, context=self._context)
         return InferenceRequest(
             session_id=self.session_id,
             kind=kind,
-            transcription_num=num,
-            audio=self._buffer.view(start, end).copy(),
-            offset_s=start / TARGET_RATE,
-            options=self._options,
+            transcription_num=utterance.num,
+            audio=self._buffer.view(utterance.start, end).copy(),
+            offset_s=utterance.start / TARGET_RATE,
+            options=options,
             detect_only=self.metadata.whisper_params.language_detection_only,
+            speech_s=utterance.speech_windows * WINDOW_SAMPLES / TARGET_RATE,
         )
 
     def _trim(self) -> None:
-        """Keep only what a future utterance may still need: the pre-speech pad."""
+        """Keep only what a held final or a future utterance may still need."""
         if self._utterance is not None:
-            self._buffer.drop_before(self._utterance.start)
-            return
-        assert self.metadata is not None
-        pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
-        self._buffer.drop_before(max(self._vad_pos - pad, self._last_end - pad, 0))
+            keep = self._utterance.start
+        else:
+            assert self.metadata is not None
+            pad = _ms(self.metadata.streaming_vad_config.speech_pad_ms)
+            keep = max(self._vad_pos - pad, self._last_end - pad, 0)
+        if self._held:
+            keep = min(keep, self._held[0][0].start)
+        self._buffer.drop_before(keep)
 
     def _max_samples(self) -> int:
         assert self.metadata is not None
@@ -572,6 +615,7 @@ class Session:
         # every earlier final is out: messages never go back in number.
         if current is None or current.num != num or self._awaiting or self.state is not State.STREAMING:
             return []
+        result = _heard(request, result)
         if not result.text:
             return []
         self._partial_sent.add(num)
@@ -586,6 +630,9 @@ class Session:
             message = self._final_message(request, result)
             if message is not None:
                 events.append(SendMessage(message))
+        if self._held and self._awaiting[0] == self._held[0][0].num:
+            # Every earlier final is out: the context of the held one is known now.
+            events.append(RunInference(self._final_request(*self._held.popleft())))
         return events + self._close_if_done()
 
     def _final_message(self, request: InferenceRequest, result: Result) -> Transcription | None:
@@ -601,7 +648,12 @@ class Session:
                 language_prob=result.language_prob,
                 segments=[],
             )
-        if not result.text and num not in self._partial_sent:
+        result = _heard(request, result)
+        if request.speech_end_s is not None:
+            result = _end_at(result, request.speech_end_s)
+        if result.text:
+            self._context = result.text
+        elif num not in self._partial_sent:
             return None  # non-speech after all: the number is skipped, as PROTOCOL.md allows
         self._partial_sent.discard(num)
         return self._transcription(request, result, is_final=True)
@@ -664,6 +716,27 @@ class Session:
             reason = "terminated" if self._close_code_when_done is CloseCode.NORMAL else "server shutting down"
             return self._close(self._close_code_when_done, reason)
         return []
+
+
+def _heard(request: InferenceRequest, result: Result) -> Result:
+    """The result, or no words when the VAD heard too little speech for Whisper's doubtful text."""
+    mean = result.mean_logprob
+    if request.speech_s >= _MIN_SPEECH_S or mean is None or mean >= _SHORT_SPEECH_MIN_LOGPROB:
+        return result
+    return Result(segments=(), language=result.language, language_prob=result.language_prob)
+
+
+def _end_at(result: Result, speech_end: float) -> Result:
+    """The result with its last segment (and word) ending where the VAD heard speech stop."""
+    if not result.segments:
+        return result
+    last = result.segments[-1]
+    if not 0 < speech_end - last.end <= _END_SNAP_S:
+        return result
+    words = last.words
+    if words:
+        words = (*words[:-1], replace(words[-1], end=speech_end))
+    return replace(result, segments=(*result.segments[:-1], replace(last, end=speech_end, words=words)))
 
 
 def _ms(milliseconds: int) -> int:

@@ -107,6 +107,11 @@ class Settings(BaseModel):
     draft_finals: bool = _setting(
         True, "start recognising a final when the silence begins, not when its window has passed"
     )
+    context_prompt: bool = _setting(
+        False,
+        "give Whisper the text of the session's latest final after the client's `prompt` "
+        "(off: it raised word error rates, BENCHMARKS.md)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "least severe level logged")
     log_format: Literal["text", "json"] = _setting("text", "`json`: one JSON object a line")
     access_log: bool = _setting(True, "log each HTTP request and WebSocket handshake")
