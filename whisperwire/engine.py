@@ -11,6 +11,7 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
+from tokenizers import Tokenizer
 
 from whisperwire.models import ModelError, resolve_model
 
@@ -140,12 +141,12 @@ class WhisperEngine:
         languages = _model_languages(Path(model_dir), self._model) if multilingual else {"en"}
         self.info = ModelInfo(name=name, multilingual=multilingual, languages=frozenset(languages))
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._model.hf_tokenizer
+
     def count_tokens(self, text: str) -> int:
-        # faster-whisper sends the prompt as " " + prompt.strip(); count exactly that.
-        prompt = _clean_prompt(text)
-        if prompt is None:
-            return 0
-        return len(self._model.hf_tokenizer.encode(" " + prompt, add_special_tokens=False).ids)
+        return count_prompt_tokens(self._model.hf_tokenizer, text)
 
     def detect_language(
         self, audio: np.ndarray, language_options: tuple[str, ...] = ()
@@ -263,6 +264,19 @@ def load_engine(
     return WhisperEngine(
         model_dir, name=spec, device=device, compute_type=compute_type, cpu_threads=cpu_threads
     )
+
+
+def count_prompt_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """The tokens ``text`` takes as a Whisper prompt.
+
+    A function of the tokenizer alone, so a process without the model (a Ray ingress) counts
+    exactly what the model's process would.
+    """
+    # faster-whisper sends the prompt as " " + prompt.strip(); count exactly that.
+    prompt = _clean_prompt(text)
+    if prompt is None:
+        return 0
+    return len(tokenizer.encode(" " + prompt, add_special_tokens=False).ids)
 
 
 def _resolve_device(device: str) -> str:
