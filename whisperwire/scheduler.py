@@ -3,6 +3,11 @@
 Finals go before partials, and a session has at most one partial waiting: a newer one replaces
 the older, whose audio is a prefix of it anyway. Under load partials thin out; finals never wait
 behind them.
+
+One worker suits an engine in this process, which uses every core inside one call. An engine
+that forwards to other machines (the Ray Serve recognizers) wants several calls in flight: give
+it ``workers`` threads, all taking jobs in the same order; a session still has at most one
+partial running.
 """
 
 from __future__ import annotations
@@ -41,30 +46,38 @@ class SchedulerStats:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.engine = engine
+        self.workers = workers
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
         self._partials: OrderedDict[str, _Job] = OrderedDict()  # one per session, oldest first
+        self._partials_running: set[str] = set()  # sessions with a partial on a worker
         self._ready = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is None:
+        if not self._threads:
             self._stopping = False
-            self._thread = threading.Thread(target=self._work, name="whisperwire-inference", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._work, name=f"whisperwire-inference-{n}", daemon=True)
+                for n in range(self.workers)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self) -> None:
         with self._ready:
             self._stopping = True
             self._ready.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     # ------------------------------------------------------------------ the event-loop side
 
@@ -107,32 +120,53 @@ class Scheduler:
 
     def _next_job(self) -> _Job | None:
         with self._ready:
-            while not self._finals and not self._partials and not self._stopping:
+            while True:
+                if self._finals:
+                    return self._finals.popleft()
+                if (job := self._take_partial()) is not None:
+                    return job
+                if self._stopping:
+                    return None
                 self._ready.wait()
-            if self._finals:
-                return self._finals.popleft()
-            if self._partials:
-                return self._partials.popitem(last=False)[1]
-            return None
+
+    def _take_partial(self) -> _Job | None:
+        # With several workers, a session's newer partial waits for its running one rather than
+        # running beside it: the older is stale once the newer is done, and only held a worker.
+        for session_id in self._partials:
+            if session_id not in self._partials_running:
+                self._partials_running.add(session_id)
+                return self._partials.pop(session_id)
+        return None
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
-            if job.future.cancelled():
-                continue
-            began = time.monotonic()
             try:
-                result = self._run(job.request)
-            except Exception as exc:  # reported to the session, which closes with 1011
-                log.exception("inference failed for session %s", job.request.session_id)
-                job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
-                continue
+                self._do(job)
             finally:
+                if job.request.kind == "partial":
+                    with self._ready:
+                        self._partials_running.discard(job.request.session_id)
+                        self._ready.notify_all()
+
+    def _do(self, job: _Job) -> None:
+        if job.future.cancelled():
+            return
+        began = time.monotonic()
+        try:
+            result = self._run(job.request)
+        except Exception as exc:  # reported to the session, which closes with 1011
+            log.exception("inference failed for session %s", job.request.session_id)
+            job.loop.call_soon_threadsafe(_set_exception, job.future, exc)
+            return
+        finally:
+            with self._ready:  # several workers may finish at once
                 self.stats.busy_seconds += time.monotonic() - began
+        with self._ready:
             if job.request.kind == "final":
                 self.stats.finals_done += 1
             else:
                 self.stats.partials_done += 1
-            job.loop.call_soon_threadsafe(_set_result, job.future, result)
+        job.loop.call_soon_threadsafe(_set_result, job.future, result)
 
     def _run(self, request: InferenceRequest) -> Result:
         if request.detect_only:

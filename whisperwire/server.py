@@ -46,6 +46,8 @@ class ServerConfig:
     api_keys: tuple[str, ...] = ()
     limits: SessionLimits = field(default_factory=SessionLimits)
     drain_timeout_s: float = 30.0
+    # Recognitions in flight at once: 1 for an engine in this process, more for a remote one.
+    inference_workers: int = 1
 
 
 class Whisperwire:
@@ -55,7 +57,7 @@ class Whisperwire:
         self.engine = engine
         self.config = config
         self.vad = vad or SileroVAD()
-        self.scheduler = Scheduler(engine)
+        self.scheduler = Scheduler(engine, workers=config.inference_workers)
         self.connections: set[Connection] = set()
         self.draining = False
 
