@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 
 import numpy as np
@@ -50,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--cpu-threads",
         type=int,
-        default=_usable_cores(),
+        default=usable_cores(),
         help="threads for CTranslate2 on cpu [the cores this process may use]",
     )
     serve.add_argument("--cache-dir", default=None, help="where the base model is assembled")
@@ -81,6 +83,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for finals")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    ray = serve.add_argument_group("Ray Serve", "pip install 'whisperwire[ray]'; see docs/ray.md")
+    ray.add_argument("--ray", action="store_true", help="serve through Ray Serve: ingress and recognizer deployments")
+    ray.add_argument(
+        "--ray-address",
+        default=None,
+        help="join this Ray cluster ('auto': the one this node belongs to) [start one on this machine]",
+    )
+    ray.add_argument("--ingress-replicas", type=int, default=None, help="fixed number [autoscale; 1 on one machine]")
+    ray.add_argument("--recognizer-replicas", type=int, default=None, help="fixed number [autoscale; 1 on one machine]")
+    ray.add_argument(
+        "--inference-workers",
+        type=int,
+        default=4,
+        help="recognitions one ingress replica keeps in flight [%(default)s]",
+    )
     serve.set_defaults(run=_serve)
 
     from .client import add_stream_arguments, run_stream
@@ -91,19 +108,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     # CTranslate2's own default (min(4, all cores)) ignores CPU affinity and container cpusets.
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+def api_keys_with_env(given: list[str]) -> tuple[str, ...]:
+    """The keys given, then those of $WHISPERWIRE_API_KEY, without repeats."""
     from_env = [k.strip() for k in os.environ.get(API_KEY_ENV, "").split(",") if k.strip()]
-    return tuple(dict.fromkeys([*args.api_key, *from_env]))
+    return tuple(dict.fromkeys([*given, *from_env]))
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    keys = _api_keys(args)
+    keys = api_keys_with_env(args.api_key)
     if not keys:
         if not is_loopback_host(args.host) and not args.allow_open:
             print(
@@ -113,6 +131,8 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("NO API KEYS: anyone who can reach %s:%d can use this server", args.host, args.port)
+    if args.ray:
+        return _serve_on_ray(args, keys)
 
     from .engine import load_engine
     from .models import ModelError
@@ -158,6 +178,93 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server.run()
     return 0
+
+
+# A one-machine Ray cluster started by `serve --ray`. Read when ray is first imported, so set
+# before that: cluster mode off keeps Ray's own ports on 127.0.0.1 (ray.init otherwise binds
+# them to every interface, for other nodes, which a one-machine cluster has none of); no usage
+# reporting; and the proxy middleware that closes a lost ingress replica's sockets with 1011.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "whisperwire.ray_serve:proxy_middlewares",
+}
+
+
+def _serve_on_ray(args: argparse.Namespace, keys: tuple[str, ...]) -> int:
+    local = args.ray_address is None
+    if local:
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+    try:
+        import ray
+        from ray import serve
+
+        from .ray_serve import APP_NAME, DrainSignal, WhisperwireArgs, application
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    app_args = WhisperwireArgs(
+        model=args.model,
+        device=args.device,
+        compute_type=args.compute_type,
+        cpu_threads=args.cpu_threads,
+        cache_dir=args.cache_dir,
+        api_keys=list(keys),
+        allow_open=True,  # checked above against --host, as for one process
+        metadata_timeout_s=args.metadata_timeout,
+        idle_timeout_s=args.idle_timeout,
+        max_frame_bytes=args.max_frame_bytes,
+        drain_timeout_s=args.drain_timeout,
+        inference_workers=args.inference_workers,
+        drain_signal=f"{APP_NAME}-drain-{os.getpid()}",
+    )
+    ingress: dict[str, object] = {}
+    recognizer: dict[str, object] = {}
+    if args.ingress_replicas:
+        ingress.update(num_replicas=args.ingress_replicas, autoscaling_config=None)
+    if args.recognizer_replicas:
+        recognizer.update(num_replicas=args.recognizer_replicas, autoscaling_config=None)
+    if local:
+        # One machine: fixed replicas (autoscaling has no more cores to add), the recognizers
+        # share the cores, and the ingress (VAD, decoding) runs beside them rather than
+        # waiting for a core of its own.
+        cores = usable_cores()
+        replicas = args.recognizer_replicas or 1
+        ingress.update(num_replicas=args.ingress_replicas or 1, autoscaling_config=None, ray_actor_options={"num_cpus": 0})
+        recognizer.update(num_replicas=replicas, autoscaling_config=None, ray_actor_options={"num_cpus": cores / replicas})
+        app_args = app_args.model_copy(update={"cpu_threads": max(1, args.cpu_threads // replicas)})
+        ray.init(num_cpus=cores, object_store_memory=256 * 1024**2, include_dashboard=False)
+    else:
+        ray.init(address=args.ray_address)
+
+    stop = threading.Event()
+    try:
+        drain = DrainSignal.options(name=app_args.drain_signal, namespace=APP_NAME).remote()
+        serve.start(http_options={"host": args.host, "port": args.port})
+        try:
+            serve.run(application(app_args, ingress=ingress, recognizer=recognizer), name=APP_NAME, route_prefix="/")
+        except RuntimeError as exc:  # a replica failed to start: bad model, device, keys
+            print(f"error: could not deploy on Ray Serve: {exc}", file=sys.stderr)
+            return 1
+        log.info("on Ray Serve: listening on ws://%s:%d/v1/websocket", args.host, args.port)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        # As one process does: finals of buffered speech, then 1001; recognizers stop last.
+        log.info("draining sessions")
+        drain.set.remote()
+        deadline = time.monotonic() + args.drain_timeout + 5
+        while ray.get(drain.pending.remote()) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        serve.delete(APP_NAME)
+        return 0
+    finally:
+        if local:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def _warmup_options():  # noqa: ANN202 - DecodeOptions, imported lazily with the engine
