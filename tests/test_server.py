@@ -1,5 +1,10 @@
-"""End to end: a real uvicorn server on loopback, the real tiny.en model, the real Silero VAD,
-real speech from shared/audio, and a real WebSocket client."""
+"""End to end: a real server on loopback, the real tiny.en model, the real Silero VAD, real
+speech from shared/audio, and a real WebSocket client.
+
+Every test that takes `server` runs twice: against one process (uvicorn), and against the Ray
+Serve deployment (an ingress replica holding the session, a recognizer replica holding the
+model, the Serve proxy in front) — the protocol must not tell them apart.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,12 @@ SILENCE = np.zeros(16_000, dtype=np.float32)
 
 def pause(seconds: float) -> np.ndarray:
     return np.zeros(int(16_000 * seconds), dtype=np.float32)
+
+
+@pytest.fixture(scope="session", params=["process", "ray"])
+def server(request: pytest.FixtureRequest):  # noqa: ANN201 - RunningServer or RayServer
+    """Overrides conftest's one-process server: the same tests against both deployments."""
+    return request.getfixturevalue(f"{request.param}_server")
 
 
 async def test_reference_transcript_comes_back(server, clips) -> None:
@@ -247,11 +258,11 @@ async def test_nan_in_float_audio_closes_1007(server) -> None:
     assert received.close_code == 1007
 
 
-async def test_timeouts_close_1008_and_large_frames_1009(engine, vad) -> None:
+async def test_timeouts_close_1008_and_large_frames_1009(server) -> None:
     from whisperwire.protocol import SessionLimits
 
     limits = SessionLimits(metadata_timeout_s=0.5, idle_timeout_s=0.5, max_frame_bytes=64 * 1024)
-    with start_server(engine, vad, limits=limits) as small:
+    with server.sibling(limits=limits) as small:
         async with connect(small.url) as ws:
             message = json.loads(await ws.recv())
             assert message["error"]["code"] == "metadata_timeout"
@@ -270,9 +281,9 @@ async def test_timeouts_close_1008_and_large_frames_1009(engine, vad) -> None:
             assert ws.close_code == 1009
 
 
-async def test_api_keys(engine, vad, clips) -> None:
+async def test_api_keys(server, clips) -> None:
     audio = s16le(np.concatenate([read_wav(clips["en_timit_LDC93S1.wav"].path), SILENCE]))
-    with start_server(engine, vad, api_keys=("secret-one", "secret-two")) as secured:
+    with server.sibling(api_keys=("secret-one", "secret-two")) as secured:
         for headers in ({"Authorization": "Api-Key wrong"}, {}, {"Authorization": "Api-Key"}, {"Authorization": "Basic c2VjcmV0LW9uZQ=="}):
             with pytest.raises(InvalidStatus) as refused:
                 await stream(secured.url, {}, audio, headers=headers)
