@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -111,3 +112,24 @@ async def test_an_ingress_replica_lost_closes_its_own_sessions_with_1011_and_no_
             code, _, messages = await closed_with(ws, timeout=120)
             assert code == 1000 and [m["is_final"] for m in messages] == [True], messages
             assert word_error_rate(clip.reference, messages[0]["transcript"]) <= 0.2, messages
+
+
+def test_the_deploy_config_is_one_serve_accepts_with_the_code_defaults() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from whisperwire import ray_serve
+
+    path = Path(__file__).resolve().parents[1] / "deploy" / "ray-serve.yaml"
+    config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    [app] = config.applications
+    module, _, name = app.import_path.partition(":")
+    assert (module, name) == ("whisperwire.ray_serve", "build_app")
+    ray_serve.build_app(app.args)  # every arg is a WhisperwireArgs field, of the right type
+    # The file spells out what `serve run whisperwire.ray_serve:build_app` deploys by default.
+    for deployment in app.deployments:
+        code = getattr(ray_serve, deployment.name)
+        assert deployment.max_ongoing_requests == code.max_ongoing_requests
+        assert deployment.ray_actor_options.model_dump(exclude_unset=True) == code.ray_actor_options
+        assert deployment.autoscaling_config == code._deployment_config.autoscaling_config.model_dump(exclude_unset=True)
+    assert {d.name for d in app.deployments} == {"Ingress", "Recognizer"}
