@@ -311,8 +311,9 @@ def offline_transcripts(clips: list[Clip], manifest: Path, model: str, language:
 class LocalServer:
     """`whisperwire serve` in a subprocess on a free loopback port, stopped with SIGTERM."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, extra_args: tuple[str, ...] = ()) -> None:
         self.model = model
+        self.extra_args = extra_args  # more `serve` flags, e.g. ("--ray",)
         self.port = _free_port()
         self.log = tempfile.NamedTemporaryFile(prefix="stream_eval_server_", suffix=".log", delete=False)
         self.process: subprocess.Popen[bytes] | None = None
@@ -323,7 +324,7 @@ class LocalServer:
 
     def start(self, timeout_s: float = 180.0) -> None:
         command = [sys.executable, "-m", "whisperwire.cli", "serve", "--host", "127.0.0.1"]
-        command += ["--port", str(self.port), "--model", self.model, "--log-level", "warning"]
+        command += ["--port", str(self.port), "--model", self.model, "--log-level", "warning", *self.extra_args]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self._healthy():
