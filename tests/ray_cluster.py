@@ -1,6 +1,7 @@
 """A one-machine Ray cluster for the tests, and whisperwire applications deployed on it.
 
-The cluster runs in the test process (``ray.init``) on loopback only, with a small budget:
+The cluster runs in the test process (``ray.init``) on loopback only (conftest sets the
+environment for that before anything imports ray), with a small budget:
 2 logical CPUs, a small object store, no dashboard, no usage reporting. Replicas reserve no
 CPUs, so any number of them fit; they share the machine's cores, as the tests' one-process
 server does.
@@ -10,10 +11,7 @@ from __future__ import annotations
 
 import itertools
 import socket
-import time
 from typing import Any
-
-from whisperwire.cli import LOCAL_RAY_ENV  # noqa: F401 - conftest sets it before ray is imported
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 _names = itertools.count()
@@ -27,7 +25,6 @@ class RayCluster:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        began = time.monotonic()
         ray.init(
             num_cpus=2,
             object_store_memory=OBJECT_STORE_BYTES,
@@ -35,7 +32,6 @@ class RayCluster:
             log_to_driver=False,
         )
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        self.start_seconds = time.monotonic() - began
 
     def close(self) -> None:
         import ray

@@ -132,4 +132,6 @@ def test_the_deploy_config_is_one_serve_accepts_with_the_code_defaults() -> None
         assert deployment.max_ongoing_requests == code.max_ongoing_requests
         assert deployment.ray_actor_options.model_dump(exclude_unset=True) == code.ray_actor_options
         assert deployment.autoscaling_config == code._deployment_config.autoscaling_config.model_dump(exclude_unset=True)
+        if "graceful_shutdown_timeout_s" in deployment.model_fields_set:
+            assert deployment.graceful_shutdown_timeout_s == code._deployment_config.graceful_shutdown_timeout_s
     assert {d.name for d in app.deployments} == {"Ingress", "Recognizer"}

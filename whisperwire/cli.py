@@ -88,14 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     ray.add_argument(
         "--ray-address",
         default=None,
+        metavar="ADDR",
         help="join this Ray cluster ('auto': the one this node belongs to) [start one on this machine]",
     )
-    ray.add_argument("--ingress-replicas", type=int, default=None, help="fixed number [autoscale; 1 on one machine]")
-    ray.add_argument("--recognizer-replicas", type=int, default=None, help="fixed number [autoscale; 1 on one machine]")
+    ray.add_argument("--ingress-replicas", type=int, metavar="N", help="fixed number [autoscale; 1 on one machine]")
+    ray.add_argument("--recognizer-replicas", type=int, metavar="N", help="fixed number [autoscale; 1 on one machine]")
     ray.add_argument(
         "--inference-workers",
         type=int,
         default=4,
+        metavar="N",
         help="recognitions one ingress replica keeps in flight [%(default)s]",
     )
     serve.set_defaults(run=_serve)
@@ -197,10 +199,7 @@ def _serve_on_ray(args: argparse.Namespace, keys: tuple[str, ...]) -> int:
         for name, value in LOCAL_RAY_ENV.items():
             os.environ.setdefault(name, value)
     try:
-        import ray
-        from ray import serve
-
-        from .ray_serve import APP_NAME, DrainSignal, WhisperwireArgs, application
+        from .ray_serve import APP_NAME, DrainSignal, WhisperwireArgs, application  # says what to install
     except ImportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -220,6 +219,9 @@ def _serve_on_ray(args: argparse.Namespace, keys: tuple[str, ...]) -> int:
         inference_workers=args.inference_workers,
         drain_signal=f"{APP_NAME}-drain-{os.getpid()}",
     )
+    import ray
+    from ray import serve
+
     ingress: dict[str, object] = {}
     recognizer: dict[str, object] = {}
     if args.ingress_replicas:

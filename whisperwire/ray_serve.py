@@ -89,8 +89,11 @@ class RecognizerDescription:
 
 
 @serve.deployment(
-    max_ongoing_requests=4,
-    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2},
+    # A replica computes one recognition at a time: target one (no queue), and hold one more so
+    # the next starts without a round trip. Only recognitions the ingresses have sent count, at
+    # most inference_workers per ingress replica, which bounds how far this scales.
+    max_ongoing_requests=2,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1},
     ray_actor_options={"num_cpus": 2},
 )
 class Recognizer:
