@@ -1,19 +1,20 @@
 """Ray Serve against one process on the same machine: latency added per final, and throughput.
 
-Each deployment is started here in turn — `whisperwire serve`, then `whisperwire serve --ray` (a
-one-machine Ray cluster with one ingress and one recognizer replica) — and measured alike:
+Both deployments run at once, started here — `whisperwire serve`, and `whisperwire serve --ray`
+(a one-machine Ray cluster with one ingress and one recognizer replica) — and are measured in
+alternation, so that load from elsewhere on the machine falls on both alike:
 
 - final latency: benchmarks/stream_eval.py's measurement (arrival of an utterance's final minus
-  the wall time its last speech sample was sent), the clips streamed one at a time in real time;
+  the wall time its last speech sample was sent), each clip streamed in real time to one
+  deployment, then the other; the added latency is the median of the per-utterance differences;
 - throughput: --streams clients at once, each sending every clip back to back (1.5 s of silence
-  between) as fast as it can; audio seconds recognised per wall second, until the last final;
-- CPU seconds of each process during the throughput run, by role (the Ray replicas, the proxy,
+  between) as fast as it can, to one deployment while the other idles; audio seconds
+  recognised per wall second, until the last final;
+- CPU seconds of each process during its throughput run, by role (the Ray replicas, the proxy,
   the rest of Ray), from /proc: the per-replica cost for capacity planning.
 
---rounds repeats the pair (process, ray, process, ray, ...) so a neighbour's load falls on both.
-
-    python benchmarks/ray_overhead.py                          # tiny.en, English clips
-    python benchmarks/ray_overhead.py --streams 8 --rounds 2 --json out.json
+    python benchmarks/ray_overhead.py                          # tiny.en, four English clips
+    python benchmarks/ray_overhead.py --streams 8 --rounds 3 --json out.json
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from whisperwire.client import connect, decode_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -101,60 +103,73 @@ async def throughput(url: str, pcm: bytes, streams: int) -> tuple[float, int]:
     return time.monotonic() - began, sum(finals)
 
 
-# --------------------------------------------------------------------------- one deployment
+# --------------------------------------------------------------------------- both deployments
 
 
-def measure(deployment: str, args: argparse.Namespace, clips: list[stream_eval.Clip], pcm: bytes) -> dict[str, Any]:
-    server = stream_eval.LocalServer(args.model, DEPLOYMENTS[deployment])
-    began = time.monotonic()
-    server.start(timeout_s=900)
-    started_s = time.monotonic() - began
+def latencies(url: str, clip: stream_eval.Clip) -> list[float | None]:
+    """Final latency of each speech region of ``clip`` (None: no final), streamed in real time."""
+    args = stream_eval.parse_args(["--no-offline"])
+    result = asyncio.run(stream_eval.stream_all([clip], args, url))[0]
+    if result.error:
+        raise RuntimeError(f"{clip.file}: {result.error}")
+    return [u.final_latency_s for u in result.utterances]
+
+
+def throughput_run(server: stream_eval.LocalServer, pcm: bytes, streams: int) -> dict[str, Any]:
     assert server.process is not None
-    try:
-        eval_args = stream_eval.parse_args(["--model", args.model, "--no-offline"])
-        results = asyncio.run(stream_eval.stream_all(clips, eval_args, server.url))
-        latency = stream_eval.summarise(results, "en")["final_latency_s"]
-        cpu_before = cpu_by_role(server.process.pid)
-        wall, finals = asyncio.run(throughput(server.url, pcm, args.streams))
-        cpu_after = cpu_by_role(server.process.pid)
-    finally:
-        server.stop()
-    audio_s = len(pcm) / 2 / SAMPLE_RATE * args.streams
+    before = cpu_by_role(server.process.pid)
+    wall, finals = asyncio.run(throughput(server.url, pcm, streams))
+    after = cpu_by_role(server.process.pid)
+    audio_s = len(pcm) / 2 / SAMPLE_RATE * streams
     return {
-        "deployment": deployment,
-        "start_s": started_s,
-        "final_latency_s": latency,
-        "throughput_wall_s": wall,
-        "throughput_audio_s_per_s": audio_s / wall,
-        "throughput_finals": finals,
-        "cpu_s_by_role": {role: cpu_after[role] - cpu_before.get(role, 0.0) for role in cpu_after},
-        "audio_s": audio_s,
-        "failed_clips": [r.file for r in results if r.error],
+        "wall_s": wall,
+        "audio_s_per_s": audio_s / wall,
+        "finals": finals,
+        "cpu_s_per_audio_s": {role: (after[role] - before.get(role, 0.0)) / audio_s for role in after},
     }
 
 
-def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    print(f"\n{args.model}; latency: clips one at a time, real time; throughput: {args.streams} streams at once, as fast as possible")
-    print(f"{'deployment':<10} {'start s':>8} {'lat p50':>8} {'lat p95':>8} {'lat max':>8} {'audio s/s':>10} {'finals':>7}")
-    for run in runs:
-        lat = run["final_latency_s"]
-        print(
-            f"{run['deployment']:<10} {run['start_s']:8.1f} {lat['p50']:8.2f} {lat['p95']:8.2f} {lat['max']:8.2f} "
-            f"{run['throughput_audio_s_per_s']:10.2f} {run['throughput_finals']:7d}"
-        )
-    for run in runs:
-        cpu = run["cpu_s_by_role"]
-        shares = ", ".join(f"{role} {seconds / run['audio_s']:.3f}" for role, seconds in sorted(cpu.items()))
-        print(f"  {run['deployment']} CPU s per audio s during throughput: {shares}")
-    by = {name: [r for r in runs if r["deployment"] == name] for name in DEPLOYMENTS}
-    if all(by.values()):
-        p50 = {n: statistics.median(r["final_latency_s"]["p50"] for r in rs) for n, rs in by.items()}
-        rate = {n: statistics.median(r["throughput_audio_s_per_s"] for r in rs) for n, rs in by.items()}
-        print(
-            f"\nRay vs one process (medians over rounds): final latency p50 {p50['ray'] - p50['process']:+.2f} s "
-            f"({p50['process']:.2f} -> {p50['ray']:.2f}); throughput x{rate['ray'] / rate['process']:.2f} "
-            f"({rate['process']:.2f} -> {rate['ray']:.2f} audio s/s)"
-        )
+def measure(args: argparse.Namespace, clips: list[stream_eval.Clip], pcm: bytes) -> dict[str, Any]:
+    servers = {name: stream_eval.LocalServer(args.model, flags) for name, flags in DEPLOYMENTS.items()}
+    runs: dict[str, Any] = {"start_s": {}, "latency_pairs": [], "throughput": {name: [] for name in servers}}
+    try:
+        for name, server in servers.items():
+            began = time.monotonic()
+            server.start(timeout_s=900)
+            runs["start_s"][name] = time.monotonic() - began
+        for round_ in range(args.rounds):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            for clip in clips:
+                pair = {name: latencies(servers[name].url, clip) for name in order}
+                runs["latency_pairs"] += [
+                    {"clip": clip.file, "process": p, "ray": r} for p, r in zip(pair["process"], pair["ray"])
+                ]
+            for name in order:
+                runs["throughput"][name].append(throughput_run(servers[name], pcm, args.streams))
+    finally:
+        for server in servers.values():
+            server.stop()
+    return runs
+
+
+def report(runs: dict[str, Any], args: argparse.Namespace) -> None:
+    pairs = [p for p in runs["latency_pairs"] if p["process"] is not None and p["ray"] is not None]
+    added = [p["ray"] - p["process"] for p in pairs]
+    print(f"\n{args.model}; started in: " + ", ".join(f"{n} {s:.0f} s" for n, s in runs["start_s"].items()))
+    for name in DEPLOYMENTS:
+        values = [p[name] for p in pairs]
+        print(f"final latency {name:<8} n={len(values)} p50 {statistics.median(values):.2f} s  max {max(values):.2f} s")
+    print(
+        f"latency added by Ray per final (paired): median {statistics.median(added):+.3f} s, "
+        f"quartiles {np.percentile(added, 25):+.3f} .. {np.percentile(added, 75):+.3f} s"
+    )
+    for name in DEPLOYMENTS:
+        for run in runs["throughput"][name]:
+            shares = ", ".join(f"{role} {v:.3f}" for role, v in sorted(run["cpu_s_per_audio_s"].items()))
+            print(
+                f"throughput {name:<8} {args.streams} streams: {run['audio_s_per_s']:.2f} audio s/s, "
+                f"{run['finals']} finals; CPU s per audio s: {shares}"
+            )
 
 
 def main() -> int:
@@ -167,18 +182,18 @@ def main() -> int:
         help="only clips whose file name contains this (repeatable) [four short English clips]",
     )
     parser.add_argument("--streams", type=int, default=4, help="sessions at once in the throughput run [%(default)s]")
-    parser.add_argument("--rounds", type=int, default=1, help="times to measure each deployment [%(default)s]")
+    parser.add_argument("--rounds", type=int, default=2, help="times to measure each deployment [%(default)s]")
     parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args()
 
     wanted = args.clip or ["LDC93S1", "birch_canoe", "1089-134686-0001", "jfk_inaugural"]
     clips = [c for c in stream_eval.read_manifest(args.manifest, "en") if any(w in c.file for w in wanted)]
     pcm = GAP.join(decode_file(c.path, SAMPLE_RATE) for c in clips) + GAP
-    runs = [measure(name, args, clips, pcm) for _ in range(args.rounds) for name in DEPLOYMENTS]
+    runs = measure(args, clips, pcm)
     report(runs, args)
     if args.json:
-        args.json.write_text(json.dumps({"model": args.model, "streams": args.streams, "runs": runs}, indent=2))
-    return 1 if any(r["failed_clips"] for r in runs) else 0
+        args.json.write_text(json.dumps({"model": args.model, "streams": args.streams, **runs}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":
