@@ -239,6 +239,8 @@ def _serve_on_ray(args: argparse.Namespace, keys: tuple[str, ...]) -> int:
         app_args = app_args.model_copy(update={"cpu_threads": max(1, args.cpu_threads // replicas)})
         ray.init(num_cpus=cores, object_store_memory=256 * 1024**2, include_dashboard=False)
     else:
+        # A cluster: each recognizer's threads follow the CPUs Ray reserved for it on its node.
+        app_args = app_args.model_copy(update={"cpu_threads": 0})
         ray.init(address=args.ray_address)
 
     stop = threading.Event()
