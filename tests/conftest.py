@@ -1,4 +1,5 @@
-"""Shared fixtures: the shared speech clips, one loaded engine, and real servers on loopback."""
+"""Shared fixtures: the shared speech clips, one loaded engine, and real servers on loopback:
+one process (uvicorn in a thread), or a one-machine Ray cluster (tests/ray_cluster.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uvicorn
+
+from whisperwire.cli import LOCAL_RAY_ENV
+
+# Read when ray is first imported: the tests' Ray cluster listens on loopback only.
+os.environ.update(LOCAL_RAY_ENV)
 
 AUDIO_DIR = Path(os.environ.get("WHISPERWIRE_AUDIO_DIR", Path(__file__).resolve().parents[2] / "shared" / "audio"))
 
@@ -118,6 +124,11 @@ class RunningServer:
         self.server.should_exit = True
         self._thread.join(timeout=30)
 
+    def sibling(self, **config) -> RunningServer:  # noqa: ANN003 - ServerConfig's keywords
+        """Another server with the same engine and VAD, and these settings."""
+        state = self.app.state.whisperwire
+        return start_server(state.engine, state.vad, **config)
+
 
 def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001
     from whisperwire.server import ServerConfig, create_app
@@ -126,8 +137,30 @@ def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001
 
 
 @pytest.fixture(scope="session")
-def server(engine, vad) -> Iterator[RunningServer]:
+def process_server(engine, vad) -> Iterator[RunningServer]:
     with start_server(engine, vad) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def server(process_server: RunningServer) -> RunningServer:
+    return process_server
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():  # noqa: ANN201 - tests.ray_cluster.RayCluster, imported with ray
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the test extra installs whisperwire[ray])")
+    from tests.ray_cluster import RayCluster
+
+    cluster = RayCluster()
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture(scope="session")
+def ray_server(ray_cluster):  # noqa: ANN001, ANN201
+    """The default whisperwire application on Ray Serve: one ingress, one recognizer, tiny.en."""
+    with ray_cluster.deploy() as running:
         yield running
 
 

@@ -231,3 +231,44 @@ def test_context_prompt_is_off_unless_asked() -> None:
     assert context_prompt("--context-prompt") is True
     assert context_prompt(environ={"WHISPERWIRE_CONTEXT_PROMPT": "on"}) is True
     assert context_prompt("--no-context-prompt", environ={"WHISPERWIRE_CONTEXT_PROMPT": "on"}) is False
+
+
+def test_sigterm_on_ray_flushes_buffered_speech_then_closes_1001(clips, tmp_path: Path) -> None:
+    # As test_sigterm_drains_every_session_then_exits, for `serve --ray`: a one-machine Ray
+    # cluster of its own, an ingress and a recognizer replica.
+    pytest.importorskip("ray.serve", reason="Ray Serve is not installed (the test extra installs whisperwire[ray])")
+    port = free_port()
+    serve = ["serve", "--port", str(port), "--ray"]
+    # Ray's replicas log to the command's stderr: a file, not a pipe nobody drains.
+    with open(tmp_path / "stderr", "w+") as stderr:
+        process = subprocess.Popen(whisperwire(*serve), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        try:
+            _sigterm_while_speaking(process, port, clips["en_new_home_in_the_stars.wav"])
+        except AssertionError:
+            stderr.seek(0)
+            print(stderr.read()[-5000:])  # shown with the failure
+            raise
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _sigterm_while_speaking(process: subprocess.Popen, port: int, clip) -> None:  # noqa: ANN001 - a Clip
+    wait_healthy(port, process, timeout=300)
+    speech = read_wav(clip.path)[: int(3.0 * 16_000)]  # cut while speech goes on: no end of speech
+
+    async def talk_then_terminate_server() -> tuple[list[dict], int | None]:
+        async with connect(f"ws://127.0.0.1:{port}/v1/websocket") as ws:
+            await ws.send(json.dumps({"streaming_vad_config": {"min_silence_duration_ms": 5000}}))
+            await ws.send(s16le(speech))
+            await asyncio.sleep(1.0)  # let the server take the audio in
+            process.send_signal(signal.SIGTERM)
+            messages = [json.loads(raw) async for raw in ws]
+            return messages, ws.close_code
+
+    messages, code = asyncio.run(talk_then_terminate_server())
+    assert code == 1001
+    [final] = messages
+    assert final["is_final"] and "stars" in final["transcript"].lower()
+    assert process.wait(timeout=60) == 0

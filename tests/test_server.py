@@ -1,12 +1,20 @@
-"""End to end: a real uvicorn server on loopback, the real tiny.en model, the real Silero VAD,
-real speech from shared/audio, and a real WebSocket client."""
+"""End to end: a real server on loopback, the real tiny.en model, the real Silero VAD, real
+speech from shared/audio, and a real WebSocket client.
+
+Every test that takes `server` runs twice: against one process (uvicorn), and against the Ray
+Serve deployment (an ingress replica holding the session, a recognizer replica holding the
+model, the Serve proxy in front) — the protocol must not tell them apart.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import numpy as np
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from tests.conftest import read_wav, start_server
 from tests.streaming import alaw, mulaw, resample, s16le, stream, word_error_rate, words
@@ -21,6 +29,12 @@ SILENCE = np.zeros(16_000, dtype=np.float32)
 
 def pause(seconds: float) -> np.ndarray:
     return np.zeros(int(16_000 * seconds), dtype=np.float32)
+
+
+@pytest.fixture(scope="session", params=["process", "ray"])
+def server(request: pytest.FixtureRequest):  # noqa: ANN201 - RunningServer or RayServer
+    """Overrides conftest's one-process server: the same tests against both deployments."""
+    return request.getfixturevalue(f"{request.param}_server")
 
 
 async def test_reference_transcript_comes_back(server, clips) -> None:
@@ -195,6 +209,93 @@ async def test_two_clients_at_once_get_their_own_transcripts(server, clips) -> N
     )
     assert word_error_rate(a.reference, first.text) <= JFK_WER_BOUND, first.text
     assert word_error_rate(b.reference, second.text) <= 0.25, second.text
+
+
+# --------------------------------------------------------------------------- errors and close codes
+
+
+@pytest.mark.parametrize(
+    ("metadata", "code", "field"),
+    [
+        ("{not json", "invalid_metadata", None),
+        ('"a string"', "invalid_metadata", None),
+        ('{"streaming_params": {"sample_rate": 96000}}', "invalid_metadata", "streaming_params.sample_rate"),
+        ('{"streaming_params": {"encoding": "mp3"}}', "invalid_metadata", "streaming_params.encoding"),
+        ('{"streaming_vad_config": {"threshold": 1.5}}', "invalid_metadata", "streaming_vad_config.threshold"),
+        ('{"streaming_vad_config": {"min_silence_duration_ms": "300"}}', "invalid_metadata", "streaming_vad_config.min_silence_duration_ms"),
+        ('{"whisper_params": {"audio_language": "de"}}', "invalid_metadata", "whisper_params.audio_language"),
+        ('{"whisper_params": {"audio_language": "klingon"}}', "invalid_metadata", "whisper_params.audio_language"),
+        ('{"whisper_params": {"whisper_sampling_params": {"beam_width": 9}}}', "invalid_metadata", "whisper_params.whisper_sampling_params.beam_width"),
+        ('{"whisper_params": {"prompt": "' + "hello " * 400 + '"}}', "invalid_metadata", "whisper_params.prompt"),
+        ('{"streaming_params": {"sample_rte": 16000}}', "invalid_metadata", "streaming_params.sample_rte"),
+        ('{"bogus": true}', "invalid_metadata", "bogus"),
+    ],
+)
+async def test_bad_metadata_gets_its_error_and_1007(server, metadata, code, field) -> None:
+    received = await stream(server.url, metadata, s16le(SILENCE), end=None)
+    [error] = received.errors
+    assert error["error"]["code"] == code and error["error"]["field"] == field
+    assert error["error"]["message"]
+    assert received.close_code == 1007
+
+
+async def test_binary_before_metadata_closes_1003(server) -> None:
+    received = await stream(server.url, None, s16le(SILENCE), end=None)
+    assert received.errors[0]["error"]["code"] == "binary_before_metadata"
+    assert received.close_code == 1003
+
+
+async def test_unknown_control_is_an_error_but_the_session_goes_on(server, clips) -> None:
+    clip = clips["en_timit_LDC93S1.wav"]
+    audio = s16le(np.concatenate([read_wav(clip.path), SILENCE]))
+    received = await stream(server.url, {}, audio, controls={0: '{"type": "pause"}', 1000: json.dumps({})})
+    assert [e["error"]["code"] for e in received.errors] == ["unknown_control", "unknown_control"]
+    assert len(received.finals) == 1 and received.close_code == 1000
+
+
+async def test_nan_in_float_audio_closes_1007(server) -> None:
+    data = np.array([0.0, np.nan, 0.0, 0.0], dtype="<f4").tobytes()
+    received = await stream(server.url, {"streaming_params": {"encoding": "pcm_f32le"}}, data, end=None)
+    assert received.errors[0]["error"]["code"] == "invalid_audio"
+    assert received.close_code == 1007
+
+
+async def test_timeouts_close_1008_and_large_frames_1009(server) -> None:
+    from whisperwire.protocol import SessionLimits
+
+    limits = SessionLimits(metadata_timeout_s=0.5, idle_timeout_s=0.5, max_frame_bytes=64 * 1024)
+    with server.sibling(limits=limits) as small:
+        async with connect(small.url) as ws:
+            message = json.loads(await ws.recv())
+            assert message["error"]["code"] == "metadata_timeout"
+            await ws.wait_closed()
+            assert ws.close_code == 1008
+        async with connect(small.url) as ws:
+            await ws.send("{}")
+            message = json.loads(await ws.recv())
+            assert message["error"]["code"] == "idle_timeout"
+            await ws.wait_closed()
+            assert ws.close_code == 1008
+        async with connect(small.url, max_size=None) as ws:
+            await ws.send("{}")
+            await ws.send(b"\x00" * (64 * 1024 + 2))
+            await ws.wait_closed()
+            assert ws.close_code == 1009
+
+
+async def test_api_keys(server, clips) -> None:
+    audio = s16le(np.concatenate([read_wav(clips["en_timit_LDC93S1.wav"].path), SILENCE]))
+    with server.sibling(api_keys=("secret-one", "secret-two")) as secured:
+        for headers in ({"Authorization": "Api-Key wrong"}, {}, {"Authorization": "Api-Key"}, {"Authorization": "Basic c2VjcmV0LW9uZQ=="}):
+            with pytest.raises(InvalidStatus) as refused:
+                await stream(secured.url, {}, audio, headers=headers)
+            assert refused.value.response.status_code == 401
+        ok = await stream(secured.url, {}, audio, headers={"Authorization": "Api-Key secret-two"})
+        assert len(ok.finals) == 1
+        bearer = await stream(secured.url, {}, audio, headers={"Authorization": "Bearer secret-one"})
+        assert len(bearer.finals) == 1
+        query = await stream(secured.url + "?api_key=secret-one", {}, audio)
+        assert len(query.finals) == 1
 
 
 async def test_the_baseten_path_serves_the_same_protocol(server, clips) -> None:

@@ -166,6 +166,22 @@ def test_metadata_timeout_and_idle_timeout_close_with_1008() -> None:
     assert closes(events)[0].code == CloseCode.POLICY_VIOLATION
 
 
+def test_a_frame_over_the_limit_closes_with_1009() -> None:
+    limits = SessionLimits(max_frame_bytes=1000)
+    audio = make_session(limits=limits)
+    assert audio.receive_bytes(b"\x00" * 1000, now=0.0) == []
+    events = audio.receive_bytes(b"\x00" * 1002, now=0.0)
+    [error] = messages(events)
+    assert error.error.code is ErrorCode.FRAME_TOO_LARGE and "1002 bytes" in error.error.message
+    assert closes(events)[0].code == CloseCode.MESSAGE_TOO_BIG
+
+    text = Session("s", model=ENGLISH, count_tokens=len, new_vad=LevelVAD, limits=limits, now=0.0)
+    # 640 characters, but 1240 bytes: the limit is in bytes, as on the wire.
+    events = text.receive_text(json.dumps({"whisper_params": {"prompt": "é" * 600}}, ensure_ascii=False), now=0.0)
+    assert messages(events)[0].error.code is ErrorCode.FRAME_TOO_LARGE
+    assert closes(events)[0].code == CloseCode.MESSAGE_TOO_BIG
+
+
 def test_nan_in_float_audio_is_invalid_audio() -> None:
     session = make_session(streaming_params={"encoding": "pcm_f32le"})
     events = session.receive_bytes(np.array([0.1, np.nan], dtype="<f4").tobytes(), now=0.0)

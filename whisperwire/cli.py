@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+import threading
+import time
 from types import FrameType
 from typing import Any
 
@@ -85,22 +88,14 @@ def _serve(args: argparse.Namespace) -> int:
             )
             return 2
         log.warning("NO API KEYS: anyone who can reach %s:%d can use this server", settings.host, settings.port)
+    if settings.ray:
+        return _serve_on_ray(settings)
 
-    from .engine import load_engine
     from .models import ModelError
-    from .server import ServerConfig, create_app
+    from .server import create_app, server_config
 
     try:
-        engine = load_engine(
-            settings.model,
-            device=settings.device,
-            compute_type=settings.compute_type,
-            cpu_threads=settings.cpu_threads or usable_cores(),
-            cache_dir=settings.cache_dir,
-            fit_window=settings.encoder_window == "fit",
-        )
-        # The first inference pays for lazy initialisation; pay it before the first client does.
-        engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
+        engine = load_warm_engine(settings)
     except ModelError as exc:
         print(f"error: could not load model {settings.model!r}: {exc}", file=sys.stderr)
         return 1
@@ -108,18 +103,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: could not load model {settings.model!r} on {settings.device}: {exc}", file=sys.stderr)
         return 1
 
-    config = ServerConfig(
-        api_keys=settings.api_keys,
-        allowed_origins=settings.allowed_origins,
-        limits=settings.limits,
-        send_buffer_bytes=settings.send_buffer_bytes,
-        drain_timeout_s=settings.drain_timeout,
-        max_sessions=settings.max_sessions or None,
-        max_queue_wait_s=settings.max_queue_wait or None,
-        draft_finals=settings.draft_finals,
-        context_prompt=settings.context_prompt,
-    )
-    app = create_app(engine, config)
+    app = create_app(engine, server_config(settings))
     scheme = "wss" if settings.tls else "ws"
     log.info(
         "model %s loaded on %s; listening on %s://%s:%d/v1/websocket",
@@ -127,6 +111,101 @@ def _serve(args: argparse.Namespace) -> int:
     )
     DrainingServer(uvicorn_config(app, settings)).run()
     return 0
+
+
+def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> Any:  # noqa: ANN401 - WhisperEngine
+    """The model `settings` name, loaded and run once: the first inference pays for lazy
+    initialisation, and the first client should not."""
+    from .engine import load_engine
+
+    engine = load_engine(
+        settings.model,
+        device=settings.device,
+        compute_type=settings.compute_type,
+        cpu_threads=cpu_threads or settings.cpu_threads or usable_cores(),
+        cache_dir=settings.cache_dir,
+        fit_window=settings.encoder_window == "fit",
+    )
+    engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
+    return engine
+
+
+# A one-machine Ray cluster started by `serve --ray`. Read when ray is first imported, so set
+# before that: cluster mode off keeps Ray's own ports on 127.0.0.1 (ray.init otherwise binds
+# them to every interface, for other nodes, which a one-machine cluster has none of); no usage
+# reporting; and the proxy middleware that closes a lost ingress replica's sockets with 1011.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "whisperwire.ray_serve:proxy_middlewares",
+}
+
+
+def _serve_on_ray(settings: Settings) -> int:
+    local = settings.ray_address is None
+    if local:
+        for name, value in LOCAL_RAY_ENV.items():
+            os.environ.setdefault(name, value)
+    try:
+        from .ray_serve import APP_NAME, DrainSignal, application  # says what to install
+    except ImportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import ray
+    from ray import serve
+
+    # The replicas read their settings anew on their nodes (environment, config file); these
+    # are what this command was given, the keys already checked against --host above.
+    given = settings.model_dump(
+        mode="json", exclude_unset=True, exclude={"ray", "ray_address", "host", "port", "api_key_file", "ssl_certfile", "ssl_keyfile"}
+    )
+    given["allow_open"] = True
+    drain_signal = f"{APP_NAME}-drain-{os.getpid()}"
+    ingress: dict[str, Any] = {}
+    recognizer: dict[str, Any] = {}
+    if settings.ingress_replicas:
+        ingress.update(num_replicas=settings.ingress_replicas, autoscaling_config=None)
+    if settings.recognizer_replicas:
+        recognizer.update(num_replicas=settings.recognizer_replicas, autoscaling_config=None)
+    if local:
+        # One machine: fixed replicas (autoscaling has no more cores to add), the recognizers
+        # share the cores (each one's CTranslate2 threads follow its share), and the ingress
+        # (VAD, decoding) runs beside them rather than waiting for a core of its own.
+        cores = usable_cores()
+        replicas = settings.recognizer_replicas or 1
+        ingress.update(num_replicas=settings.ingress_replicas or 1, autoscaling_config=None, ray_actor_options={"num_cpus": 0})
+        recognizer.update(num_replicas=replicas, autoscaling_config=None, ray_actor_options={"num_cpus": cores / replicas})
+        ray.init(num_cpus=cores, object_store_memory=256 * 1024**2, include_dashboard=False)
+    else:
+        ray.init(address=settings.ray_address)
+
+    stop = threading.Event()
+    try:
+        drain = DrainSignal.options(name=drain_signal, namespace=APP_NAME).remote()
+        serve.start(http_options={"host": settings.host, "port": settings.port})
+        try:
+            app = application({**given, "drain_signal": drain_signal}, ingress=ingress, recognizer=recognizer)
+            serve.run(app, name=APP_NAME, route_prefix="/")
+        except RuntimeError as exc:  # a replica failed to start: bad model, device, keys
+            print(f"error: could not deploy on Ray Serve: {exc}", file=sys.stderr)
+            return 1
+        log.info("on Ray Serve: listening on ws://%s:%d/v1/websocket", settings.host, settings.port)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.wait(1.0):
+            pass
+        # As one process does: finals of buffered speech, then 1001; recognizers stop last.
+        log.info("draining sessions")
+        drain.set.remote()
+        deadline = time.monotonic() + settings.drain_timeout + 5
+        while ray.get(drain.pending.remote()) > 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        serve.delete(APP_NAME)
+        return 0
+    finally:
+        if local:
+            serve.shutdown()
+            ray.shutdown()
 
 
 def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:

@@ -13,6 +13,7 @@ import ctranslate2
 from faster_whisper import WhisperModel
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
+from tokenizers import Tokenizer
 
 from whisperwire.models import ModelError, resolve_model
 
@@ -194,6 +195,10 @@ class WhisperEngine:
         languages = _model_languages(Path(model_dir), self._model) if multilingual else {"en"}
         self.info = ModelInfo(name=name, multilingual=multilingual, languages=frozenset(languages))
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._model.hf_tokenizer
+
     def count_tokens(self, text: str) -> int:
         return len(self._encode(text))
 
@@ -215,11 +220,7 @@ class WhisperEngine:
         return tokens or None
 
     def _encode(self, text: str | None) -> list[int]:
-        # faster-whisper sends a text prompt as " " + prompt.strip(); encode exactly that.
-        text = _clean_prompt(text)
-        if text is None:
-            return []
-        return list(self._model.hf_tokenizer.encode(" " + text, add_special_tokens=False).ids)
+        return prompt_token_ids(self._model.hf_tokenizer, text)
 
     def _starts_word(self, token: int) -> bool:
         # Byte-level BPE marks a token that begins with a space with "Ġ".
@@ -347,6 +348,23 @@ def load_engine(
         cpu_threads=cpu_threads,
         fit_window=fit_window,
     )
+
+
+def count_prompt_tokens(tokenizer: Tokenizer, text: str) -> int:
+    """The tokens ``text`` takes as a Whisper prompt.
+
+    A function of the tokenizer alone, so a process without the model (a Ray ingress) counts
+    exactly what the model's process would.
+    """
+    return len(prompt_token_ids(tokenizer, text))
+
+
+def prompt_token_ids(tokenizer: Tokenizer, text: str | None) -> list[int]:
+    # faster-whisper sends a text prompt as " " + prompt.strip(); encode exactly that.
+    prompt = _clean_prompt(text)
+    if prompt is None:
+        return []
+    return list(tokenizer.encode(" " + prompt, add_special_tokens=False).ids)
 
 
 def _resolve_device(device: str) -> str:

@@ -5,6 +5,11 @@ session has at most one draft or partial waiting: a newer one takes the older on
 the queue, so under load each session's partials come less often instead of piling up, and no
 session is pushed to the back each time it asks again. A final whose exact audio is already
 waiting or running as a draft reuses that work instead of repeating it.
+
+One worker suits an engine in this process, which uses every core inside one call. An engine
+that forwards to other machines (the Ray Serve recognizers) wants several calls in flight: give
+it ``workers`` threads, all taking jobs in the same order; a session still has at most one draft
+or partial running, since its newer one makes the older stale.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ class _Job:
     futures: list[tuple[asyncio.Future[Result], asyncio.AbstractEventLoop]]
     queued_at: float = field(default_factory=time.monotonic)
     final: bool = False  # a final, or a draft a final took over
+    other: bool = False  # taken from the drafts and partials: holds its session's one slot
 
 
 @dataclass
@@ -53,37 +59,47 @@ class SchedulerLoad:
     finals_waiting: int
     others_waiting: int  # partials and drafts
     oldest_final_wait_s: float  # how long the oldest waiting final has waited; 0 if none
-    running: bool
+    running: int  # jobs on a worker now
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, on_inference: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self, engine: Engine, on_inference: Callable[[str, float], None] | None = None, workers: int = 1
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.engine = engine
+        self.workers = workers
         # Told (kind, seconds) after every engine call, on the worker thread: the metrics.
         self._on_inference = on_inference
         self.stats = SchedulerStats()
         self._finals: deque[_Job] = deque()
         self._others: OrderedDict[str, _Job] = OrderedDict()  # one per session, in queue order
-        self._running: _Job | None = None
+        self._running: list[_Job] = []
+        self._others_running: set[str] = set()  # sessions with a draft or partial on a worker
         self._ready = threading.Condition()
         self._stopping = False
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is None:
+        if not self._threads:
             self._stopping = False
-            self._thread = threading.Thread(target=self._work, name="whisperwire-inference", daemon=True)
-            self._thread.start()
+            self._threads = [
+                threading.Thread(target=self._work, name=f"whisperwire-inference-{n}", daemon=True)
+                for n in range(self.workers)
+            ]
+            for thread in self._threads:
+                thread.start()
 
     def stop(self) -> None:
         with self._ready:
             self._stopping = True
             self._ready.notify_all()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
 
     # ------------------------------------------------------------------ the event-loop side
 
@@ -101,12 +117,12 @@ class Scheduler:
     def _submit_final(
         self, request: InferenceRequest, future: asyncio.Future[Result], loop: asyncio.AbstractEventLoop
     ) -> None:
-        running = self._running
-        if running is not None and running.request.span == request.span:
-            running.futures.append((future, loop))  # its draft is being recognised right now
-            running.final = True
-            self.stats.drafts_promoted += 1
-            return
+        for running in self._running:
+            if running.request.span == request.span:
+                running.futures.append((future, loop))  # its draft is being recognised right now
+                running.final = True
+                self.stats.drafts_promoted += 1
+                return
         waiting = self._others.get(request.session_id)
         if waiting is not None and waiting.request.span == request.span:
             del self._others[request.session_id]  # the draft moves up among the finals
@@ -157,12 +173,12 @@ class Scheduler:
                 finals_waiting=len(self._finals),
                 others_waiting=len(self._others),
                 oldest_final_wait_s=oldest,
-                running=self._running is not None,
+                running=len(self._running),
             )
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return bool(self._threads) and all(thread.is_alive() for thread in self._threads)
 
     @property
     def queue_depth(self) -> int:
@@ -184,23 +200,29 @@ class Scheduler:
 
     def _next_job(self) -> _Job | None:
         with self._ready:
-            while not self._finals and not self._others and not self._stopping:
-                self._ready.wait()
-            if self._finals:
-                job = self._finals.popleft()
-            elif self._others:
-                job = self._others.pop(self._first_other())
-            else:
-                return None
-            self._running = job
-            return job
+            while True:
+                if self._finals:
+                    job = self._finals.popleft()
+                elif (session_id := self._first_other()) is not None:
+                    job = self._others.pop(session_id)
+                    job.other = True
+                    self._others_running.add(session_id)
+                elif self._stopping:
+                    return None
+                else:
+                    self._ready.wait()
+                    continue
+                self._running.append(job)
+                return job
 
-    def _first_other(self) -> str:
-        # Drafts before partials: a draft is a final that is almost due.
-        for session_id, job in self._others.items():
+    def _first_other(self) -> str | None:
+        # Drafts before partials: a draft is a final that is almost due. With several workers a
+        # session's next one waits for its running one rather than running beside it.
+        free = [(sid, job) for sid, job in self._others.items() if sid not in self._others_running]
+        for session_id, job in free:
             if job.request.kind == "draft":
                 return session_id
-        return next(iter(self._others))
+        return free[0][0] if free else None
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
@@ -217,7 +239,8 @@ class Scheduler:
                 continue
             finally:
                 ran = time.monotonic() - began
-                self.stats.busy_seconds += ran
+                with self._ready:  # several workers may finish at once
+                    self.stats.busy_seconds += ran
                 if self._on_inference is not None:
                     self._on_inference("final" if job.final else job.request.kind, ran)
             log.debug(
@@ -232,11 +255,18 @@ class Scheduler:
         # One step under the lock: a final joining the running job either makes it into this
         # list of futures or finds no running job and queues work of its own.
         with self._ready:
-            self._running = None
+            self._running.remove(job)
+            if job.other:
+                self._others_running.discard(job.request.session_id)
+                self._ready.notify_all()  # its session's next draft or partial may run now
             for future, loop in job.futures:
                 _post(loop, setter, future, value)
 
     def _count(self, job: _Job) -> None:
+        with self._ready:
+            self._count_locked(job)
+
+    def _count_locked(self, job: _Job) -> None:
         kind = job.request.kind
         if kind == "draft":
             self.stats.drafts_done += 1

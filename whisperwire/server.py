@@ -14,7 +14,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .logs import SESSION_ID
 from .metrics import LiveState, Metrics
 from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError, SessionLimits, Transcription
 from .scheduler import Scheduler, Superseded
+from .settings import Settings
 from .session import (
     CancelInference,
     CloseConnection,
@@ -67,6 +68,24 @@ class ServerConfig:
     draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
     vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
     context_prompt: bool = False  # prompt each utterance with the previous one's text
+    # Recognitions in flight at once: 1 for an engine in this process, more for a remote one.
+    inference_workers: int = 1
+
+
+def server_config(settings: Settings, **changes: Any) -> ServerConfig:
+    """The server's part of `whisperwire serve`'s settings (the rest pick the model and socket)."""
+    config = ServerConfig(
+        api_keys=settings.api_keys,
+        allowed_origins=settings.allowed_origins,
+        limits=settings.limits,
+        send_buffer_bytes=settings.send_buffer_bytes,
+        drain_timeout_s=settings.drain_timeout,
+        max_sessions=settings.max_sessions or None,
+        max_queue_wait_s=settings.max_queue_wait or None,
+        draft_finals=settings.draft_finals,
+        context_prompt=settings.context_prompt,
+    )
+    return replace(config, **changes)
 
 
 class Whisperwire:
@@ -77,7 +96,9 @@ class Whisperwire:
         self.config = config
         self.vad = vad or SileroVAD()
         self.metrics = Metrics(self._live)
-        self.scheduler = Scheduler(engine, on_inference=self.metrics.observe_inference)
+        self.scheduler = Scheduler(
+            engine, on_inference=self.metrics.observe_inference, workers=config.inference_workers
+        )
         self.connections: set[Connection] = set()
         self.draining = False
         self.partials_dropped = 0  # from the send buffers of clients that do not read

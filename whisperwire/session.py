@@ -224,6 +224,11 @@ class Session:
     # ------------------------------------------------------------------ inputs
 
     def receive_text(self, text: str, now: float) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        if len(text) > self._limits.max_frame_bytes // 4:  # a character is at most 4 bytes
+            if (oversized := self._check_frame_size(len(text.encode("utf-8")))) is not None:
+                return oversized
         if self.state is State.AWAITING_METADATA:
             self._last_frame_at = now
             return self._guard(lambda: self._start(text))
@@ -242,6 +247,8 @@ class Session:
             )
         if self.state is not State.STREAMING:
             return []
+        if (oversized := self._check_frame_size(len(data))) is not None:
+            return oversized
         self._last_frame_at = now
         assert self._decoder is not None
         return self._guard(lambda: self._ingest(self._decoder.decode(data)))
@@ -699,6 +706,18 @@ class Session:
             return step()
         except ProtocolError as error:
             return self._fail(error)
+
+    def _check_frame_size(self, size: int) -> list[Event] | None:
+        # uvicorn closes a frame over its ws_max_size with 1009 before it gets here; a host in
+        # front of the app with a larger limit (the Ray Serve proxy's is 16 MiB) does not.
+        if size <= self._limits.max_frame_bytes:
+            return None
+        return self._fail(
+            ProtocolError(
+                ErrorCode.FRAME_TOO_LARGE,
+                f"a frame of {size} bytes is over the limit of {self._limits.max_frame_bytes} bytes",
+            )
+        )
 
     def _fail(self, error: ProtocolError) -> list[Event]:
         events: list[Event] = [SendMessage(ErrorMessage.from_error(error))]

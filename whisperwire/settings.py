@@ -112,6 +112,28 @@ class Settings(BaseModel):
         "give Whisper the text of the session's latest final after the client's `prompt` "
         "(off: it raised word error rates, BENCHMARKS.md)",
     )
+    ray: bool = _setting(
+        False,
+        "serve through Ray Serve: an ingress and a recognizer deployment "
+        "(`pip install 'whisperwire[ray]'`; docs/ray.md)",
+    )
+    ray_address: str | None = _setting(
+        None,
+        "with `--ray`: the Ray cluster to join (`auto`: the one this node belongs to)",
+        shown="a new one-machine cluster",
+    )
+    ingress_replicas: Annotated[int, Field(ge=1)] | None = _setting(
+        None, "with `--ray`: a fixed number of ingress replicas", shown="1 on one machine, else autoscaled"
+    )
+    recognizer_replicas: Annotated[int, Field(ge=1)] | None = _setting(
+        None, "with `--ray`: a fixed number of recognizer replicas", shown="1 on one machine, else autoscaled"
+    )
+    inference_workers: Annotated[int, Field(ge=1)] = _setting(
+        4, "with `--ray`: recognitions one ingress replica keeps in flight"
+    )
+    retry_timeout: Annotated[float, Field(gt=0)] = _setting(
+        60.0, "with `--ray`: seconds a recognition is sent again while recognizer replicas are lost"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = _setting("info", "least severe level logged")
     log_format: Literal["text", "json"] = _setting("text", "`json`: one JSON object a line")
     access_log: bool = _setting(True, "log each HTTP request and WebSocket handshake")
