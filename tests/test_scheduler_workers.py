@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -99,3 +100,24 @@ async def test_a_sessions_next_partial_waits_for_its_running_one(engine: GatedEn
 def test_workers_must_be_at_least_one(engine: GatedEngine) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Scheduler(engine, workers=0)
+
+
+async def test_a_final_joins_its_draft_running_on_either_worker(engine: GatedEngine) -> None:
+    scheduler = Scheduler(engine, workers=2)
+    scheduler.start()
+    try:
+        busy = scheduler.submit(request("b", "final", 0))
+        draft_request = request("a", "draft", 0)
+        draft = scheduler.submit(draft_request)
+        assert await asyncio.to_thread(engine.wait_running, 2) == [("a", "draft", 0), ("b", "final", 0)]
+        # The silence held: the final is the draft's exact audio, recognised once.
+        final = scheduler.submit(replace(draft_request, kind="final"))
+        engine.gates.setdefault("a", threading.Event()).set()
+        engine.gates.setdefault("b", threading.Event()).set()
+        await asyncio.wait_for(asyncio.gather(busy, draft, final), 30)
+        assert (scheduler.stats.drafts_promoted, scheduler.stats.finals_done) == (1, 2)
+        assert scheduler.load().running == 0
+    finally:
+        for gate in engine.gates.values():
+            gate.set()
+        await asyncio.to_thread(scheduler.stop)
