@@ -40,7 +40,8 @@ _NEG_THRESHOLD_GAP = 0.15
 # A cut forced by final_transcript_max_duration_s looks this far back for the quietest point.
 _CUT_SEARCH_S = 2.0
 # A point's quietness is the mean probability of the windows this far (in windows) either side
-# of it: a single quiet window inside a word (a stop consonant) loses to a real pause.
+# of it: a single quiet window inside a word (a stop consonant) loses to a real pause. One or
+# three windows either side did worse on the monologues of benchmarks/transcript_quality.py.
 _CUT_SMOOTH_WINDOWS = 2
 # How far back (in 32 ms windows) the start of speech may be dated before the trigger, and how
 # far under the threshold those windows may be.
