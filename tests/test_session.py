@@ -344,20 +344,42 @@ def test_no_partials_unless_enabled_or_during_silence() -> None:
 # --------------------------------------------------------------------------- long speech and control
 
 
+def pcm_rounded(audio: np.ndarray) -> np.ndarray:
+    """The audio as the session decodes it from pcm()."""
+    return np.frombuffer(pcm(audio), dtype="<i2").astype(np.float32) / 32768
+
+
+def window_at(seconds: float) -> int:
+    return int(seconds * RATE) // WINDOW * WINDOW
+
+
 def test_forty_seconds_of_speech_give_a_final_at_the_limit_and_one_after() -> None:
     session = make_session()
     audio = speech(40.0)
-    dip = int(29.0 * RATE) // WINDOW * WINDOW  # a quieter window, where the cut should go
-    audio[dip : dip + WINDOW] *= 0.2
+    pause = window_at(29.0)  # five quieter windows: where the cut should go, at their middle
+    audio[pause : pause + 5 * WINDOW] *= 0.2
     events = feed(session, audio)
     [first] = requests(events)
     assert first.offset_s == 0.0
-    assert len(first.audio) == dip  # cut at the quiet window, inside the last 2 s before 30 s
+    assert len(first.audio) == pause + 2 * WINDOW  # inside the last 2 s before 30 s
     events = session.receive_text('{"terminate_session": true}', now=1.0)
     [second] = requests(events)
     assert second.transcription_num == 1
-    assert second.offset_s == pytest.approx(dip / RATE)
-    assert second.offset_s + len(second.audio) / RATE == pytest.approx(40.0, abs=0.01)
+    # The next utterance starts exactly at the cut: together they are the audio, each sample once.
+    assert second.offset_s == pytest.approx(len(first.audio) / RATE)
+    np.testing.assert_array_equal(np.concatenate([first.audio, second.audio]), pcm_rounded(audio))
+
+
+def test_the_cut_goes_to_a_pause_not_to_one_quiet_window_inside_a_word() -> None:
+    session = make_session()
+    audio = speech(40.0)
+    stop = window_at(29.6)  # a stop consonant: one window of silence (probability 0.02)
+    audio[stop : stop + WINDOW] = 0.0
+    pause = window_at(28.6)  # a short pause between words: six windows at probability 0.4
+    audio[pause : pause + 6 * WINDOW] *= 0.2
+    [first] = requests(feed(session, audio))
+    # The middle of the pause (of two equally quiet middles, the later one).
+    assert len(first.audio) == pause + 3 * WINDOW
 
 
 def test_the_length_limit_reached_in_a_pause_ends_the_utterance_at_the_pause() -> None:

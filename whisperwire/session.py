@@ -37,8 +37,12 @@ from .vad import WINDOW_SAMPLES
 
 # Silero's own hysteresis: speech starts at `threshold`, ends only under `threshold - 0.15`.
 _NEG_THRESHOLD_GAP = 0.15
-# A cut forced by final_transcript_max_duration_s looks this far back for the quietest window.
+# A cut forced by final_transcript_max_duration_s looks this far back for the quietest point.
 _CUT_SEARCH_S = 2.0
+# A point's quietness is the mean probability of the windows this far (in windows) either side
+# of it: a single quiet window inside a word (a stop consonant) loses to a real pause. One or
+# three windows either side did worse on the monologues of benchmarks/transcript_quality.py.
+_CUT_SMOOTH_WINDOWS = 2
 # How far back (in 32 ms windows) the start of speech may be dated before the trigger, and how
 # far under the threshold those windows may be.
 _ONSET_LOOKBACK_WINDOWS = 16
@@ -504,13 +508,12 @@ class Session:
         return self._utterance
 
     def _cut_long_utterance(self, end: int) -> list[Event]:
-        """Cut at the quietest window near the limit, so a word is less likely to be split."""
+        """Cut at the quietest point near the limit, so a word is less likely to be split."""
         utterance = self._utterance
         assert utterance is not None
-        earliest = end - int(_CUT_SEARCH_S * TARGET_RATE)
-        candidates = [(p, s) for s, p in utterance.window_probs if s >= earliest and s > utterance.start]
-        # Among equally quiet windows take the latest: utterances stay as long as allowed.
-        cut = min(candidates, key=lambda c: (c[0], -c[1]))[1] if candidates else end
+        cut = _quietest_point(utterance.window_probs, utterance.start, end)
+        if cut is None:
+            cut = end
         events = self._end_utterance(cut)
         # The speech goes on: the next utterance starts right at the cut and keeps the
         # windows it has already seen.
@@ -756,6 +759,25 @@ def _end_at(result: Result, speech_end: float) -> Result:
     if words:
         words = (*words[:-1], replace(words[-1], end=speech_end))
     return replace(result, segments=(*result.segments[:-1], replace(last, end=speech_end, words=words)))
+
+
+def _quietest_point(window_probs: list[tuple[int, float]], start: int, end: int) -> int | None:
+    """The start of the window at the centre of the quietest stretch of the last _CUT_SEARCH_S
+    before ``end`` (after ``start``), or None when there is no window there."""
+    earliest = end - int(_CUT_SEARCH_S * TARGET_RATE)
+    first = next((i for i, (s, _) in enumerate(window_probs) if s >= earliest and s > start), None)
+    if first is None:
+        return None
+    probs = [p for _, p in window_probs]
+    k = _CUT_SMOOTH_WINDOWS
+
+    def quietness(i: int) -> float:
+        around = probs[max(i - k, 0) : i + k + 1]
+        return sum(around) / len(around)
+
+    # Among equally quiet points take the latest: utterances stay as long as allowed.
+    best = min(range(first, len(window_probs)), key=lambda i: (quietness(i), -i))
+    return window_probs[best][0]
 
 
 def _ms(milliseconds: int) -> int:
