@@ -119,13 +119,19 @@ def test_the_deploy_config_is_one_serve_accepts_with_the_code_defaults() -> None
     from ray.serve.schema import ServeDeploySchema
 
     from whisperwire import ray_serve
+    from whisperwire.settings import SettingsError
 
     path = Path(__file__).resolve().parents[1] / "deploy" / "ray-serve.yaml"
     config = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     [app] = config.applications
     module, _, name = app.import_path.partition(":")
     assert (module, name) == ("whisperwire.ray_serve", "build_app")
-    ray_serve.build_app(app.args)  # every arg is a WhisperwireArgs field, of the right type
+    ray_serve.build_app(app.args)  # every arg is a `serve` setting, of the right type
+    # A wrong one is refused when the application is built, naming it, not in a replica's log.
+    with pytest.raises(SettingsError, match="unknown setting 'idle_timout'"):
+        ray_serve.build_app({**app.args, "idle_timout": 30})
+    with pytest.raises(SettingsError, match="idle_timeout .*greater than 0"):
+        ray_serve.build_app({**app.args, "idle_timeout": -1})
     # The file spells out what `serve run whisperwire.ray_serve:build_app` deploys by default.
     for deployment in app.deployments:
         code = getattr(ray_serve, deployment.name)

@@ -241,6 +241,8 @@ def _explain(exc: ValidationError, origin: Mapping[str, str]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if not name:
         return message
+    if name not in Settings.model_fields:  # only a mapping of settings can name one that is not
+        return f"unknown setting {name!r}"
     source = origin.get(name, "default")
     where = {"flag": flag_of(name), "environment variable": f"${env_of(name)}"}.get(source, source)
     return f"{name} ({where}): {message.lower()}"
