@@ -130,6 +130,8 @@ async def run_monologue(url: str, engine: WhisperEngine, args: argparse.Namespac
     clips = english_clips()
     orders = [clips] + [random.Random(seed).sample(clips, len(clips)) for seed in range(1, args.orders)]
     for number, order in enumerate(orders):
+        if args.order and number not in args.order:
+            continue
         audio = np.concatenate([read_wav(AUDIO_DIR / name) for name, _ in order])
         reference = " ".join(ref for _, ref in order)
         offline = engine.transcribe(audio, DecodeOptions(language="en")).text
@@ -171,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.5, help="VAD threshold for the non-speech part")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each generated signal")
     parser.add_argument("--orders", type=int, default=6, help="monologues: the manifest order and shuffles")
+    parser.add_argument("--order", type=int, action="append",
+                        help="monologues: run only this order (0 the manifest, N seed N); repeatable")
     parser.add_argument("--context-prompt", action="store_true", help="serve with --context-prompt")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)

@@ -12,8 +12,8 @@ import threading
 import numpy as np
 import pytest
 
-from whisperwire.engine import DecodeOptions, ModelInfo, Result
-from whisperwire.scheduler import Scheduler, Superseded
+from whisperwire.engine import DecodeOptions, ModelInfo, Result, SegmentResult, Word
+from whisperwire.scheduler import Scheduler, Superseded, transcribe
 from whisperwire.session import InferenceRequest
 
 OPTIONS = DecodeOptions(language="en")
@@ -153,3 +153,78 @@ async def test_load_reports_how_long_the_oldest_final_has_waited(gated) -> None:
     scheduler.submit(request(engine, "a", "final"))
     await asyncio.sleep(0.2)
     assert 0.2 <= scheduler.load().oldest_final_wait_s < 5.0
+
+
+# --------------------------------------------------------------------------- a skipped end
+
+
+class EarlyEndEngine:
+    """Ends the first decode of an utterance after its first two seconds, as Whisper sometimes
+    does after a first sentence; any later decode hears one sentence, from 0.5 s to 3 s."""
+
+    info = ModelInfo(name="early-end", multilingual=True, languages=frozenset({"en", "de"}))
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, DecodeOptions]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def detect_language(self, audio: np.ndarray, language_options: tuple[str, ...] = ()) -> tuple[str, float]:
+        return "de", 0.9
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
+        self.calls.append((audio, options))
+        if len(self.calls) == 1:
+            return Result(segments=(segment(" Erster Satz.", 0.0, 2.0),), language="de", language_prob=0.9)
+        return Result(segments=(segment(" Der Rest.", 0.5, 3.0),), language=options.language or "de", language_prob=None)
+
+
+def segment(text: str, start: float, end: float) -> SegmentResult:
+    first, second = text.split()
+    middle = (start + end) / 2
+    words = (Word(f" {first}", start, middle, 0.9), Word(f" {second}", middle, end, 0.9))
+    return SegmentResult(text, start, end, -0.2, 3, 0.01, 1.0, words)
+
+
+def utterance_request(kind: str, speech_at: tuple[float, ...]) -> InferenceRequest:
+    # A ramp, so that the slice the second decode gets can be told from any other.
+    audio = np.arange(10 * 16_000, dtype=np.float32) / 16_000
+    options = DecodeOptions(language=None, word_timestamps=True)
+    return InferenceRequest("s", kind, 0, audio, 40.0, options, speech_at=speech_at)  # type: ignore[arg-type]
+
+
+def windows(start: float, end: float) -> tuple[float, ...]:
+    return tuple(np.arange(start, end, 0.032).round(3))
+
+
+@pytest.mark.parametrize("kind", ["final", "draft"])
+def test_speech_the_vad_heard_after_the_last_segment_is_decoded_once_more(kind: str) -> None:
+    engine = EarlyEndEngine()
+    result = transcribe(engine, utterance_request(kind, windows(0.0, 6.0)))
+    assert len(engine.calls) == 2
+    (whole, _), (rest, options) = engine.calls
+    # The second decode gets the audio from the first one's last timestamp on, in the language
+    # the first one found.
+    assert len(rest) == len(whole) - 2 * 16_000 and rest[0] == whole[2 * 16_000]
+    assert options.language == "de" and options.word_timestamps
+    assert [(s.text, s.start, s.end) for s in result.segments] == [(" Erster Satz.", 0.0, 2.0), (" Der Rest.", 2.5, 5.0)]
+    assert [(w.word, w.start, w.end) for w in result.segments[1].words or ()] == [(" Der", 2.5, 3.75), (" Rest.", 3.75, 5.0)]
+    assert (result.text, result.language, result.language_prob) == ("Erster Satz. Der Rest.", "de", 0.9)
+
+
+def test_silence_after_the_last_segment_is_not_decoded_again() -> None:
+    # Speech until 2.9 s: 0.9 s of it after the last segment is under the one second that counts.
+    engine = EarlyEndEngine()
+    result = transcribe(engine, utterance_request("final", windows(0.0, 2.9)))
+    assert len(engine.calls) == 1 and result.text == "Erster Satz."
+    # No speech windows at all (the VAD called the stretch silence).
+    engine = EarlyEndEngine()
+    assert transcribe(engine, utterance_request("final", ())).text == "Erster Satz."
+    assert len(engine.calls) == 1
+
+
+def test_a_partial_is_not_decoded_again() -> None:
+    engine = EarlyEndEngine()
+    assert transcribe(engine, utterance_request("partial", windows(0.0, 6.0))).text == "Erster Satz."
+    assert len(engine.calls) == 1

@@ -262,6 +262,18 @@ def test_an_end_far_from_where_the_vad_heard_speech_stop_is_left_alone() -> None
     assert message.segments[0].end_time == pytest.approx(final.offset_s + 1.0, abs=1e-3)
 
 
+def test_a_request_says_where_the_vad_heard_speech() -> None:
+    # 1 s of silence, 1 s of tone, 0.5 s of silence: the speech windows are the 32 from the
+    # one holding the tone's start (0.992 s) to the one holding its end (1.984 s), given as
+    # seconds from the start of the final's audio.
+    session = make_session()
+    [final] = requests(feed(session, np.concatenate([silence(1.0), speech(1.0), silence(0.5)])))
+    assert final.offset_s + final.speech_at[0] == pytest.approx(0.992)
+    assert final.offset_s + final.speech_at[-1] == pytest.approx(1.984)
+    assert len(final.speech_at) * WINDOW / RATE == pytest.approx(final.speech_s)
+    assert all(b - a == pytest.approx(WINDOW / RATE) for a, b in zip(final.speech_at, final.speech_at[1:]))
+
+
 def test_word_timestamps_key_is_absent_unless_asked() -> None:
     session = make_session()
     [final] = requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))

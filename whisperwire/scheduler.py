@@ -20,10 +20,11 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .engine import Engine, Result
+from .engine import SAMPLE_RATE, Engine, Result, SegmentResult
 from .session import InferenceRequest
+from .vad import WINDOW_SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,47 @@ class Scheduler:
         if request.detect_only:
             language, prob = self.engine.detect_language(request.audio, request.options.language_options)
             return Result(segments=(), language=language, language_prob=prob)
-        return self.engine.transcribe(request.audio, request.options)
+        return transcribe(self.engine, request)
+
+
+# Whisper sometimes ends a long utterance after its first sentence with a final timestamp, and
+# faster-whisper then skips the rest of the 30 s window: seconds of speech are never decoded.
+# When the VAD heard at least this much speech after the last segment, that stretch is decoded
+# once more. Only speech the VAD heard counts: decoding every uncovered stretch brought text
+# for pauses ("them.") on the monologues of benchmarks/transcript_quality.py.
+RECOVER_MIN_SPEECH_S = 1.0
+
+
+def transcribe(engine: Engine, request: InferenceRequest) -> Result:
+    """The engine's result for a draft or final, with a skipped end decoded again (once).
+
+    Here rather than in an engine so that every engine, a remote one too, gets it. Partials do
+    without: the next partial or the final is decoded anew anyway.
+    """
+    result = engine.transcribe(request.audio, request.options)
+    if request.kind == "partial" or not result.segments:
+        return result
+    covered = result.segments[-1].end
+    heard = sum(1 for start in request.speech_at if start >= covered) * WINDOW_SAMPLES / SAMPLE_RATE
+    if heard < RECOVER_MIN_SPEECH_S:
+        return result
+    log.debug(
+        "%s %s #%d: %.1f s of speech after the last segment (%.2f s), decoding it again",
+        request.kind, request.session_id, request.transcription_num, heard, covered,
+    )
+    # The language found for the whole utterance holds for its end too.
+    options = replace(request.options, language=request.options.language or result.language)
+    rest = engine.transcribe(request.audio[round(covered * SAMPLE_RATE) :], options)
+    return replace(result, segments=result.segments + tuple(_shifted(s, covered) for s in rest.segments))
+
+
+def _shifted(segment: SegmentResult, seconds: float) -> SegmentResult:
+    words = segment.words
+    if words is not None:
+        words = tuple(replace(w, start=round(w.start + seconds, 3), end=round(w.end + seconds, 3)) for w in words)
+    return replace(
+        segment, start=round(segment.start + seconds, 3), end=round(segment.end + seconds, 3), words=words
+    )
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback, *args: object) -> None:  # noqa: ANN001

@@ -79,6 +79,8 @@ class InferenceRequest:
     options: DecodeOptions
     detect_only: bool = False
     speech_s: float = 0.0  # how much of the audio the VAD called speech (windows at or above threshold)
+    # Where: the start (seconds from audio[0]) of each of those windows; see scheduler.transcribe.
+    speech_at: tuple[float, ...] = ()
     speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
 
     @property
@@ -584,6 +586,7 @@ class Session:
         options = self._options
         if self._context_prompt and self._context:
             options = replace(options, context=self._context)
+        threshold = self.metadata.streaming_vad_config.threshold
         return InferenceRequest(
             session_id=self.session_id,
             kind=kind,
@@ -593,6 +596,11 @@ class Session:
             options=options,
             detect_only=self.metadata.whisper_params.language_detection_only,
             speech_s=utterance.speech_windows * WINDOW_SAMPLES / TARGET_RATE,
+            speech_at=tuple(
+                (start - utterance.start) / TARGET_RATE
+                for start, prob in utterance.window_probs
+                if prob >= threshold and start < end
+            ),
         )
 
     def _trim(self) -> None:
