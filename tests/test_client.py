@@ -450,12 +450,10 @@ def test_cli_pace_options() -> None:
         _args("a.wav", "--speed", "-1")
 
 
-def test_format_message_shows_detected_language_and_words() -> None:
-    word = WordTimestamp(word=" Hallo", start_time=1.0, end_time=1.4, prob=0.88)
-    segment = Segment(
-        text=" Hallo", log_prob=-0.2, start_time=1.0, end_time=1.4, word_timestamps=[word]
-    )
-    message = Transcription(
+def _hallo(words: list[WordTimestamp] | None = None) -> Transcription:
+    """A final of one German word at 1.0-1.4 s, language detected with 0.97."""
+    segment = Segment(text=" Hallo", log_prob=-0.2, start_time=1.0, end_time=1.4, word_timestamps=words)
+    return Transcription(
         transcription_num=0,
         is_final=True,
         transcript=" Hallo",
@@ -464,6 +462,10 @@ def test_format_message_shows_detected_language_and_words() -> None:
         language_prob=0.97,
         segments=[segment],
     )
+
+
+def test_format_message_shows_detected_language_and_words() -> None:
+    message = _hallo([WordTimestamp(word=" Hallo", start_time=1.0, end_time=1.4, prob=0.88)])
     assert format_message(message).splitlines() == [
         "[final 1.00-1.40 de 0.97] Hallo",
         "       1.00-1.40  Hallo  (0.88)",
@@ -471,16 +473,7 @@ def test_format_message_shows_detected_language_and_words() -> None:
 
 
 def test_format_message_details_show_language_and_confidence() -> None:
-    segment = Segment(text=" Hallo", log_prob=-0.2, start_time=1.0, end_time=1.4)
-    detected = Transcription(
-        transcription_num=0,
-        is_final=True,
-        transcript=" Hallo",
-        confidence=0.8,
-        language_code="de",
-        language_prob=0.97,
-        segments=[segment],
-    )
+    detected = _hallo()
     given = detected.model_copy(update={"language_code": "en", "language_prob": None})
     partial = given.model_copy(update={"is_final": False})
     assert format_message(detected, details=True) == "[final 1.00-1.40 de 0.97 conf 0.80] Hallo"

@@ -270,7 +270,6 @@ def test_a_request_says_where_the_vad_heard_speech() -> None:
     [final] = requests(feed(session, np.concatenate([silence(1.0), speech(1.0), silence(0.5)])))
     assert final.offset_s + final.speech_at[0] == pytest.approx(0.992)
     assert final.offset_s + final.speech_at[-1] == pytest.approx(1.984)
-    assert len(final.speech_at) * WINDOW / RATE == pytest.approx(final.speech_s)
     assert all(b - a == pytest.approx(WINDOW / RATE) for a, b in zip(final.speech_at, final.speech_at[1:]))
 
 

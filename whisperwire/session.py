@@ -78,10 +78,14 @@ class InferenceRequest:
     offset_s: float  # stream time of audio[0]
     options: DecodeOptions
     detect_only: bool = False
-    speech_s: float = 0.0  # how much of the audio the VAD called speech (windows at or above threshold)
-    # Where: the start (seconds from audio[0]) of each of those windows; see scheduler.transcribe.
+    # The start (seconds from audio[0]) of each window the VAD called speech (at or above the
+    # threshold): how much speech there is (_heard), and where (scheduler.transcribe).
     speech_at: tuple[float, ...] = ()
     speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
+
+    @property
+    def speech_s(self) -> float:
+        return len(self.speech_at) * WINDOW_SAMPLES / TARGET_RATE
 
     @property
     def span(self) -> tuple[str, int, float, int]:
@@ -178,7 +182,6 @@ class _Utterance:
     silence_start: int | None = None
     draft: InferenceRequest | None = None  # asked for during the current silence
     draft_result: Result | None = None
-    speech_windows: int = 0  # windows at or above the threshold
 
 
 class Session:
@@ -441,8 +444,6 @@ class Session:
                 return []
             utterance = self._open_utterance(self._onset(start, max(0.1, vad.threshold - _ONSET_GAP)))
         utterance.window_probs.append((start, prob))
-        if prob >= vad.threshold:
-            utterance.speech_windows += 1
         # Speech ends after min_silence_duration_ms of windows *all* under threshold - 0.15
         # (PROTOCOL.md §3): one window at or above it, a soft word, restarts the count.
         events: list[Event] = []
@@ -523,14 +524,11 @@ class Session:
         return events + self._reopen_after_cut(cut, end, seen)
 
     def _reopen_after_cut(self, cut: int, end: int, seen: list[tuple[int, float]]) -> list[Event]:
-        assert self.metadata is not None
-        threshold = self.metadata.streaming_vad_config.threshold
         utterance = _Utterance(
             num=self._next_num,
             start=cut,
             window_probs=seen,
             next_partial_at=cut + self._partial_interval(),
-            speech_windows=sum(1 for _, p in seen if p >= threshold),
         )
         self._next_num += 1
         self._utterance = utterance
@@ -595,7 +593,6 @@ class Session:
             offset_s=utterance.start / TARGET_RATE,
             options=options,
             detect_only=self.metadata.whisper_params.language_detection_only,
-            speech_s=utterance.speech_windows * WINDOW_SAMPLES / TARGET_RATE,
             speech_at=tuple(
                 (start - utterance.start) / TARGET_RATE
                 for start, prob in utterance.window_probs
