@@ -294,3 +294,14 @@ async def test_an_origin_not_allowed_is_refused_403(strict, speech) -> None:
 
 async def test_a_query_key_on_a_server_without_keys_is_ignored(server, speech) -> None:
     await alongside(server.url, speech, healthy(server.url + "?api_key=anything", speech))
+
+
+async def test_a_wrong_websocket_path_is_refused_404_naming_the_endpoints(strict, speech) -> None:
+    wrong = strict.url.replace("/v1/websocket", "/v1/websockets")
+    with pytest.raises(InvalidStatus) as refused:
+        await converse(wrong, ["{}"], headers=AUTH)
+    response = refused.value.response
+    assert response.status_code == 404
+    body = response.body.decode()
+    assert "/v1/websocket" in body and "/environments/production/websocket" in body, body
+    await healthy(strict.url, speech, AUTH)  # the real endpoint still serves

@@ -562,6 +562,12 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
         finally:
             state.connections.discard(connection)
 
+    async def unknown_path(websocket: WebSocket) -> None:
+        # Starlette's own answer is a bare 403, which reads like a refused key or origin.
+        paths = " or ".join(WEBSOCKET_PATHS)
+        message = f"no WebSocket endpoint at {websocket.url.path}; connect to {paths}"
+        await websocket.send_denial_response(PlainTextResponse(message, status_code=404))
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -590,6 +596,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
     routes += [
         Route("/", page),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
+        WebSocketRoute("/{path:path}", unknown_path),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.whisperwire = state
