@@ -78,7 +78,7 @@ def test_stream_command_prints_finals(serve_process, clips) -> None:
     finals = [line for line in done.stdout.splitlines() if line.startswith("[final")]
     assert finals, done.stdout
     text = " ".join(line.split("] ", 1)[1] for line in finals)
-    assert word_error_rate(clip.reference, text) <= 0.1, text
+    assert word_error_rate(clip.reference, text) <= 0.15, text  # 18 words: two may differ by CPU
 
 
 def test_stream_command_json_prints_raw_messages(serve_process, clips) -> None:
@@ -113,8 +113,20 @@ def test_serve_refuses_to_run_open_on_a_public_address() -> None:
     assert "--api-key" in done.stderr and "--allow-open" in done.stderr
 
 
+def test_serve_on_a_busy_port_exits_with_one_line_before_loading_anything() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(whisperwire("serve", "--port", str(port)), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if "NO API KEYS" not in line]
+    assert lines == [f"error: cannot listen on 127.0.0.1:{port}: Address already in use"], done.stderr
+    assert "listening on" not in done.stderr
+
+
 def test_serve_with_a_missing_model_exits_with_a_clear_message(tmp_path: Path) -> None:
-    done = subprocess.run(whisperwire("serve", "--model", str(tmp_path)), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(whisperwire("serve", "--model", str(tmp_path), "--port", str(free_port())), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert "could not load model" in done.stderr and "model.bin" in done.stderr
 
@@ -122,7 +134,7 @@ def test_serve_with_a_missing_model_exits_with_a_clear_message(tmp_path: Path) -
 def test_serve_with_corrupt_weights_exits_with_a_clear_message(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.bin").write_bytes(b"not a CTranslate2 model" * 100)
-    done = subprocess.run(whisperwire("serve", "--model", str(tmp_path)), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(whisperwire("serve", "--model", str(tmp_path), "--port", str(free_port())), capture_output=True, text=True, timeout=60)
     assert done.returncode == 1
     assert f"error: could not load model {str(tmp_path)!r}" in done.stderr and "model binary version" in done.stderr
     assert "Traceback" not in done.stderr

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -94,6 +95,11 @@ def _serve(args: argparse.Namespace) -> int:
     from .models import ModelError
     from .server import create_app, server_config
 
+    try:  # before the model loads: a busy port fails in a second, with one line
+        listener = listening_socket(settings.host, settings.port)
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {os.strerror(exc.errno) if exc.errno else exc}", file=sys.stderr)
+        return 1
     try:
         engine = load_warm_engine(settings)
     except ModelError as exc:
@@ -106,11 +112,24 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(engine, server_config(settings))
     scheme = "wss" if settings.tls else "ws"
     log.info(
-        "model %s loaded on %s; listening on %s://%s:%d/v1/websocket",
-        settings.model, settings.device, scheme, settings.host, settings.port,
+        "model %s loaded on %s; listening on %s://%s:%d/v1/websocket; %s",
+        settings.model, settings.device, scheme, settings.host, settings.port, default_language_note(engine.info),
     )
-    DrainingServer(uvicorn_config(app, settings)).run()
+    DrainingServer(uvicorn_config(app, settings)).run(sockets=[listener])
     return 0
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port and listening, for uvicorn to serve on."""
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    return socket.create_server((host, port), family=family, backlog=2048)
+
+
+def default_language_note(info: Any) -> str:  # noqa: ANN401 - engine.ModelInfo
+    """What a session that names no audio_language gets (PROTOCOL.md's default, en)."""
+    if info.multilingual:
+        return 'sessions without audio_language are transcribed as English: send "auto" to detect'
+    return "English only"
 
 
 def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> Any:  # noqa: ANN401 - WhisperEngine
