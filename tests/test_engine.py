@@ -32,9 +32,9 @@ JFK_REFERENCE = (
     "ask what you can do for your country."
 )
 # benchmarks/offline_wer.py measured 0 errors in these 22 words for tiny.en (int8 and float32
-# alike, greedy and beam 3). One word of slack absorbs a CPU whose int8 kernels round
+# alike, greedy and beam 3). Two words of slack absorb a CPU whose int8 kernels round
 # differently; anything worse (a lost segment, a wrong language) is a real regression.
-JFK_MAX_WER = 1 / 22
+JFK_MAX_WER = 2 / 22
 
 _normalise = EnglishTextNormalizer()
 
