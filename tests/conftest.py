@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,8 @@ from whisperwire.cli import LOCAL_RAY_ENV
 # Read when ray is first imported: the tests' Ray cluster listens on loopback only.
 os.environ.update(LOCAL_RAY_ENV)
 
+# The one place the shared clips are found: $WHISPERWIRE_AUDIO_DIR, else ../shared/audio beside
+# the repository. Tests take them through the fixtures below (audio_dir, clips, clip_audio).
 AUDIO_DIR = Path(os.environ.get("WHISPERWIRE_AUDIO_DIR", Path(__file__).resolve().parents[2] / "shared" / "audio"))
 
 
@@ -44,10 +46,21 @@ def _manifest() -> dict[str, Clip]:
 
 
 @pytest.fixture(scope="session")
-def clips() -> dict[str, Clip]:
+def audio_dir() -> Path:
     if not (AUDIO_DIR / "manifest.tsv").exists():
         pytest.fail(f"shared speech clips not found at {AUDIO_DIR} (set WHISPERWIRE_AUDIO_DIR)")
+    return AUDIO_DIR
+
+
+@pytest.fixture(scope="session")
+def clips(audio_dir: Path) -> dict[str, Clip]:
     return _manifest()
+
+
+@pytest.fixture(scope="session")
+def clip_audio(audio_dir: Path) -> Callable[[str], np.ndarray]:
+    """A shared clip by file name, as float32 at 16 kHz."""
+    return lambda name: read_wav(audio_dir / name)
 
 
 def read_wav(path: Path) -> np.ndarray:

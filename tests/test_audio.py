@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soxr
 
 from whisperwire.audio import (
     LIMIT_CEILING,
-    TARGET_RATE,
     AudioDecoder,
     compress_dynamic_range,
 )
 from whisperwire.protocol import ErrorCode, ProtocolError
-
-AUDIO = Path("/work/shared/audio")
-
-
-def read_clip(name: str) -> np.ndarray:
-    with wave.open(str(AUDIO / name)) as wav:
-        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16_000, 1, 2)
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    return pcm.astype(np.float32) / 32768
+from whisperwire.values import SAMPLE_RATE
 
 
 def to_s16le(samples: np.ndarray) -> bytes:
@@ -67,7 +55,7 @@ def alaw_encode(pcm: np.ndarray) -> np.ndarray:
 
 
 def decode_bytes(encoding: str, data: bytes) -> np.ndarray:
-    decoder = AudioDecoder(encoding, TARGET_RATE)  # type: ignore[arg-type]
+    decoder = AudioDecoder(encoding, SAMPLE_RATE)  # type: ignore[arg-type]
     return decoder.decode(data)
 
 
@@ -153,8 +141,8 @@ def encode_clip(encoding: str, samples: np.ndarray) -> bytes:
 
 @pytest.mark.parametrize("rate", [16_000, 8_000, 44_100])
 @pytest.mark.parametrize("encoding", ENCODINGS)
-def test_split_frames_give_the_same_output_as_one_frame(encoding: str, rate: int) -> None:
-    samples = read_clip("en_harvard_birch_canoe.wav")[:16_000]
+def test_split_frames_give_the_same_output_as_one_frame(clip_audio, encoding: str, rate: int) -> None:
+    samples = clip_audio("en_harvard_birch_canoe.wav")[:16_000]
     data = encode_clip(encoding, samples)
     whole = decode_all(AudioDecoder(encoding, rate), [data])  # type: ignore[arg-type]
 
@@ -168,8 +156,8 @@ def test_split_frames_give_the_same_output_as_one_frame(encoding: str, rate: int
 
 
 @pytest.mark.parametrize("encoding", ["pcm_s16le", "pcm_f32le"])
-def test_one_byte_frames_give_the_same_output_as_one_frame(encoding: str) -> None:
-    samples = read_clip("en_harvard_birch_canoe.wav")[8_000:10_000]
+def test_one_byte_frames_give_the_same_output_as_one_frame(clip_audio, encoding: str) -> None:
+    samples = clip_audio("en_harvard_birch_canoe.wav")[8_000:10_000]
     data = encode_clip(encoding, samples)
     whole = decode_all(AudioDecoder(encoding, 16_000), [data])  # type: ignore[arg-type]
     split = decode_all(
@@ -218,9 +206,9 @@ def test_decoder_cannot_be_used_after_flush() -> None:
 
 
 @pytest.mark.parametrize("rate", [8_000, 44_100, 48_000])
-def test_resampled_real_speech_matches_the_original(rate: int) -> None:
-    original = read_clip("en_harvard_birch_canoe.wav")
-    at_rate = soxr.resample(original, TARGET_RATE, rate, quality="VHQ")
+def test_resampled_real_speech_matches_the_original(clip_audio, rate: int) -> None:
+    original = clip_audio("en_harvard_birch_canoe.wav")
+    at_rate = soxr.resample(original, SAMPLE_RATE, rate, quality="VHQ")
     data = to_s16le(at_rate)
 
     decoder = AudioDecoder("pcm_s16le", rate)
@@ -242,13 +230,14 @@ def level_db(samples: np.ndarray) -> float:
     return float(10 * np.log10(np.mean(np.square(samples, dtype=np.float64)) + 1e-20))
 
 
-def speech() -> np.ndarray:
-    clip = read_clip("en_harvard_birch_canoe.wav")
+@pytest.fixture
+def speech(clip_audio) -> np.ndarray:
+    clip = clip_audio("en_harvard_birch_canoe.wav")
     return clip / np.abs(clip).max() * 0.9
 
 
-def test_drc_brings_quiet_and_loud_speech_together() -> None:
-    loud = speech()
+def test_drc_brings_quiet_and_loud_speech_together(speech: np.ndarray) -> None:
+    loud = speech
     quiet = loud * 0.02  # 34 dB down
     gap = np.zeros(8_000, dtype=np.float32)
     audio = np.concatenate([quiet, gap, loud]).astype(np.float32)
@@ -264,9 +253,9 @@ def test_drc_brings_quiet_and_loud_speech_together() -> None:
     assert out.dtype == np.float32 and len(out) == len(audio)
 
 
-def test_drc_output_stays_within_range_by_limiting() -> None:
+def test_drc_output_stays_within_range_by_limiting(speech: np.ndarray) -> None:
     rng = np.random.default_rng(7)
-    quiet = speech() * 0.01
+    quiet = speech * 0.01
     quiet[20_000:20_040] = 0.95 * np.sign(rng.standard_normal(40))  # a sudden click
     loud = np.clip(rng.standard_normal(16_000) * 0.8, -1, 1)  # very loud noise
     out = compress_dynamic_range(np.concatenate([quiet, loud]).astype(np.float32))
@@ -281,8 +270,8 @@ def test_drc_leaves_silence_near_silence() -> None:
     assert level_db(out) < -70
 
 
-def test_drc_does_not_modify_input_and_handles_short_input() -> None:
-    audio = speech()[:1234].copy()
+def test_drc_does_not_modify_input_and_handles_short_input(speech: np.ndarray) -> None:
+    audio = speech[:1234].copy()
     kept = audio.copy()
     assert len(compress_dynamic_range(audio)) == 1234
     np.testing.assert_array_equal(audio, kept)

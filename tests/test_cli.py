@@ -96,6 +96,24 @@ def test_stream_command_json_prints_raw_messages(serve_process, clips) -> None:
     assert messages[-1]["is_final"] is True
 
 
+def test_stream_at_full_speed_with_partials_gets_a_partial_before_each_final(serve_process, clips) -> None:
+    # The whole file arrives at once: each utterance ends before any of its partials is back,
+    # and the server still owes its latest partial before its final (docs/protocol.md).
+    _, port = serve_process
+    clip = clips["en_jfk_padded_3s_5s_silence.wav"]
+    command = ["stream", str(clip.path), "--url", f"ws://127.0.0.1:{port}/v1/websocket", "--speed", "0", "--partials", "--json"]
+    done = subprocess.run(whisperwire(*command), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    messages = [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
+    finals = [m for m in messages if m["is_final"]]
+    assert len(finals) >= 3, messages
+    for final in finals:
+        before = [m for m in messages[: messages.index(final)] if m["transcription_num"] == final["transcription_num"]]
+        assert before and not before[-1]["is_final"] and before[-1]["transcript"], messages
+        assert all(m["transcription_num"] <= final["transcription_num"] for m in messages[: messages.index(final)])
+    assert word_error_rate(clip.reference, " ".join(f["transcript"] for f in finals)) <= 0.25
+
+
 def test_stream_command_without_a_server_says_so(clips) -> None:
     done = subprocess.run(
         whisperwire("stream", str(clips["en_timit_LDC93S1.wav"].path), "--url", f"ws://127.0.0.1:{free_port()}/v1/websocket"),

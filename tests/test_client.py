@@ -46,7 +46,6 @@ from whisperwire.protocol import (
     parse_metadata,
 )
 
-AUDIO = Path("/work/shared/audio")
 
 
 # --------------------------------------------------------------------------- fake server
@@ -182,8 +181,8 @@ def _free_port() -> int:
 # --------------------------------------------------------------------------- decode_file
 
 
-def test_decode_file_gives_every_sample_as_s16le() -> None:
-    path = AUDIO / "en_timit_LDC93S1.wav"
+def test_decode_file_gives_every_sample_as_s16le(audio_dir) -> None:
+    path = audio_dir / "en_timit_LDC93S1.wav"
     with wave.open(str(path)) as source:
         assert source.getframerate() == 16_000
         frames = source.getnframes()
@@ -193,8 +192,8 @@ def test_decode_file_gives_every_sample_as_s16le() -> None:
     assert pcm == original  # same rate, mono, s16: nothing to change
 
 
-def test_decode_file_resamples() -> None:
-    path = AUDIO / "en_harvard_birch_canoe.wav"
+def test_decode_file_resamples(audio_dir) -> None:
+    path = audio_dir / "en_harvard_birch_canoe.wav"
     full = len(decode_file(path)) // 2
     half = len(decode_file(path, sample_rate=8_000)) // 2
     assert abs(half - full / 2) <= 1

@@ -6,18 +6,17 @@ The engines come from conftest.py, loaded once per session: ``engine`` is tiny.e
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
 import jiwer
 import numpy as np
 import pytest
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
+from faster_whisper.tokenizer import Tokenizer as FwTokenizer
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from whisperwire.engine import (
     PROMPT_TOKEN_LIMIT,
+    FittedWindowModel,
     SAMPLE_RATE,
     DecodeOptions,
     Result,
@@ -25,8 +24,8 @@ from whisperwire.engine import (
     encoder_window_frames,
     load_engine,
 )
+from whisperwire.protocol import MAX_PROMPT_TOKENS
 
-AUDIO_DIR = Path("/work/shared/audio")
 JFK_REFERENCE = (
     "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country."
@@ -39,11 +38,6 @@ JFK_MAX_WER = 2 / 22
 _normalise = EnglishTextNormalizer()
 
 
-def _load(name: str) -> np.ndarray:
-    with wave.open(str(AUDIO_DIR / name)) as w:
-        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (SAMPLE_RATE, 1, 2)
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
-    return pcm.astype(np.float32) / 32768.0
 
 
 def _wer(reference: str, hypothesis: str) -> float:
@@ -51,8 +45,8 @@ def _wer(reference: str, hypothesis: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def jfk() -> np.ndarray:
-    return _load("en_jfk_inaugural_11s.wav")
+def jfk(clip_audio) -> np.ndarray:
+    return clip_audio("en_jfk_inaugural_11s.wav")
 
 
 # --------------------------------------------------------------------------- tiny.en
@@ -86,9 +80,9 @@ def test_segment_token_counts_leave_out_timestamps(engine: WhisperEngine, jfk: n
 
 @pytest.mark.parametrize("clip", ["en_jfk_inaugural_11s.wav", "en_timit_LDC93S1.wav"])
 def test_word_timestamps_lie_in_their_segment_and_the_audio(
-    engine: WhisperEngine, clip: str
+    clip_audio, engine: WhisperEngine, clip: str
 ) -> None:
-    audio = _load(clip)
+    audio = clip_audio(clip)
     duration = len(audio) / SAMPLE_RATE
     result = engine.transcribe(audio, DecodeOptions(language="en", word_timestamps=True))
     assert result.segments
@@ -128,6 +122,25 @@ def test_context_is_trimmed_from_its_start_and_the_users_prompt_kept_whole(engin
     full = " ".join(["transcription"] * 224)
     crowded = engine._prompt_tokens(DecodeOptions(language="en", prompt=full, context="ask not"))
     assert "ask" not in tokenizer.decode(crowded or [])
+
+
+def test_a_prompt_of_as_many_tokens_as_the_protocol_accepts_reaches_whisper_whole(
+    engine: WhisperEngine, jfk: np.ndarray
+) -> None:
+    prompt = " ".join(["hello"] * MAX_PROMPT_TOKENS)
+    assert engine.count_tokens(prompt) == MAX_PROMPT_TOKENS == PROMPT_TOKEN_LIMIT == 224
+    tokens = engine._prompt_tokens(DecodeOptions(language="en", prompt=prompt))
+    assert tokens is not None and len(tokens) == MAX_PROMPT_TOKENS
+    model = engine._model
+    tokenizer = FwTokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+    sent = model.get_prompt(tokenizer, tokens)
+    # <|startofprev|>, every prompt token, then the start of the transcript as faster-whisper has it.
+    assert sent[0] == tokenizer.sot_prev and sent[1 : 1 + MAX_PROMPT_TOKENS] == tokens
+    assert sent[1 + MAX_PROMPT_TOKENS :] == model.get_prompt(tokenizer, [])
+    # One token more: the oldest one goes (the session refuses such a prompt first).
+    assert model.get_prompt(tokenizer, [tokens[0], *tokens])[1 : 1 + MAX_PROMPT_TOKENS] == tokens
+    result = engine.transcribe(jfk, DecodeOptions(language="en", prompt=prompt))
+    assert _wer(JFK_REFERENCE, result.text) <= 0.5, result.text  # decodes; the prompt is odd on purpose
 
 
 def test_a_prompt_and_beam_width_3_still_transcribe(engine: WhisperEngine, jfk: np.ndarray) -> None:
@@ -206,11 +219,11 @@ def test_encoder_window_is_the_smallest_bucket_that_holds_the_audio() -> None:
 
 
 @pytest.mark.parametrize(("clip", "frames"), [("en_timit_LDC93S1.wav", 1000), ("en_lovecraft_dagon_reading.wav", 1500)])
-def test_the_encoder_sees_a_window_that_fits_the_utterance(fitted_engine: WhisperEngine, clip: str, frames: int) -> None:
+def test_the_encoder_sees_a_window_that_fits_the_utterance(clip_audio, fitted_engine: WhisperEngine, clip: str, frames: int) -> None:
     from faster_whisper.audio import pad_or_trim
 
     model = fitted_engine._model
-    features = pad_or_trim(model.feature_extractor(_load(clip)))  # what faster-whisper encodes
+    features = pad_or_trim(model.feature_extractor(clip_audio(clip)))  # what faster-whisper encodes
     # Two mel frames per encoder position: 2.9 s gets the 20 s window, 33.9 s (cut at 30) the 30 s one.
     assert model.encode(features).shape == [1, frames, 384]
 
@@ -227,14 +240,14 @@ def full_window_engine() -> WhisperEngine:
 
 @pytest.mark.parametrize("clip", ["en_jfk_inaugural_11s.wav", "en_timit_LDC93S1.wav", "en_pocketsphinx_go_forward.wav"])
 def test_fitted_and_full_windows_make_as_many_errors_and_keep_timestamps_in_the_audio(
-    fitted_engine: WhisperEngine, full_window_engine: WhisperEngine, clips, clip: str
+    clip_audio, fitted_engine: WhisperEngine, full_window_engine: WhisperEngine, clips, clip: str
 ) -> None:
     engine = fitted_engine
-    audio, reference = _load(clip), clips[clip].reference
+    audio, reference = clip_audio(clip), clips[clip].reference
     words = len(_normalise(reference).split())
     options = DecodeOptions(language="en", word_timestamps=True)
     fitted, full = engine.transcribe(audio, options), full_window_engine.transcribe(audio, options)
-    assert engine.fit_window and not full_window_engine.fit_window
+    assert isinstance(engine._model, FittedWindowModel) and not isinstance(full_window_engine._model, FittedWindowModel)
     # At most one word more wrong than the full 30 s window, and no segment repeated after the
     # speech (the failure of windows that are too short).
     assert _wer(reference, fitted.text) <= _wer(reference, full.text) + 1 / words, (fitted.text, full.text)
@@ -281,8 +294,8 @@ def test_base_info(base_engine: WhisperEngine) -> None:
 
 
 @pytest.mark.slow
-def test_base_detects_german(base_engine: WhisperEngine) -> None:
-    german = _load("de_fleurs_mekka.wav")
+def test_base_detects_german(clip_audio, base_engine: WhisperEngine) -> None:
+    german = clip_audio("de_fleurs_mekka.wav")
     result: Result = base_engine.transcribe(german, DecodeOptions(language=None))
     assert result.language == "de"
     assert result.language_prob is not None and result.language_prob > 0.9
@@ -290,8 +303,8 @@ def test_base_detects_german(base_engine: WhisperEngine) -> None:
 
 
 @pytest.mark.slow
-def test_base_detection_keeps_to_the_options(base_engine: WhisperEngine) -> None:
-    german = _load("de_fleurs_mekka.wav")
+def test_base_detection_keeps_to_the_options(clip_audio, base_engine: WhisperEngine) -> None:
+    german = clip_audio("de_fleurs_mekka.wav")
     code, prob = base_engine.detect_language(german, ("en", "fr"))
     assert code in ("en", "fr")
     assert 0.5 <= prob <= 1.0  # renormalised over two options, so the winner has at least half

@@ -20,7 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from whisperwire.audio import TARGET_RATE, AudioDecoder
+from whisperwire.audio import AudioDecoder
+from whisperwire.values import SAMPLE_RATE
 from whisperwire.engine import ModelInfo, Result, SegmentResult
 from whisperwire.protocol import (
     WHISPER_LANGUAGES,
@@ -221,16 +222,16 @@ def test_decoding_does_not_depend_on_how_bytes_are_framed(encoding: str, rate: i
     np.testing.assert_allclose(pieces, whole, atol=1e-6)
     assert whole.dtype == np.float32 and np.isfinite(whole).all() and np.abs(whole).max(initial=0) <= 1.0
     samples_in = len(data) // WIDTH[encoding]
-    if rate == TARGET_RATE:
+    if rate == SAMPLE_RATE:
         assert len(whole) == samples_in
     else:  # the resampler keeps the timeline: the output is as long as the input lasts
-        assert abs(len(whole) - samples_in * TARGET_RATE / rate) <= 2
+        assert abs(len(whole) - samples_in * SAMPLE_RATE / rate) <= 2
 
 
 @PROPERTY
 @given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=400))
 def test_finite_floats_decode_clipped_and_in_order(values: list[float]) -> None:
-    decoded = decode("pcm_f32le", TARGET_RATE, [np.array(values, dtype="<f4").tobytes()])
+    decoded = decode("pcm_f32le", SAMPLE_RATE, [np.array(values, dtype="<f4").tobytes()])
     assert isinstance(decoded, np.ndarray)
     np.testing.assert_array_equal(decoded, np.clip(np.array(values, dtype=np.float32), -1, 1))
 
@@ -238,7 +239,7 @@ def test_finite_floats_decode_clipped_and_in_order(values: list[float]) -> None:
 @PROPERTY
 @given(st.binary(min_size=2, max_size=2_000).map(lambda b: b[: len(b) // 2 * 2]))
 def test_s16le_is_the_integer_over_32768(data: bytes) -> None:
-    decoded = decode("pcm_s16le", TARGET_RATE, [data])
+    decoded = decode("pcm_s16le", SAMPLE_RATE, [data])
     assert isinstance(decoded, np.ndarray)
     np.testing.assert_array_equal(decoded, np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768)
 
@@ -270,7 +271,7 @@ frames = st.one_of(
 
 
 def _result(request: InferenceRequest, text: str) -> Result:
-    duration = len(request.audio) / TARGET_RATE
+    duration = len(request.audio) / SAMPLE_RATE
     segment = SegmentResult(text, 0.0, duration, -0.3, 3, 0.01, 1.2, None)
     return Result(segments=(segment,) if text else (), language="en", language_prob=None)
 

@@ -104,7 +104,7 @@ async def test_a_final_takes_over_its_waiting_draft_instead_of_running_it_again(
     await started(engine)
     draft = request(engine, "a", "draft", seconds=2.0)
     draft_future = scheduler.submit(draft)
-    same = InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS)  # the same span
+    same = InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS, replaces=draft.request_id)
     final_future = scheduler.submit(same)
     assert scheduler.load().finals_waiting == 1 and scheduler.load().others_waiting == 0
     engine.release()
@@ -120,7 +120,7 @@ async def test_a_final_joins_its_draft_while_it_runs(gated) -> None:
     draft = request(engine, "a", "draft")
     scheduler.submit(draft)
     assert await started(engine) is draft
-    final_future = scheduler.submit(InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS))
+    final_future = scheduler.submit(InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS, replaces=draft.request_id))
     assert scheduler.load().finals_waiting == 0
     engine.release()
     await asyncio.wait_for(final_future, 10)

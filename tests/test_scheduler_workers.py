@@ -111,7 +111,7 @@ async def test_a_final_joins_its_draft_running_on_either_worker(engine: GatedEng
         draft = scheduler.submit(draft_request)
         assert await asyncio.to_thread(engine.wait_running, 2) == [("a", "draft", 0), ("b", "final", 0)]
         # The silence held: the final is the draft's exact audio, recognised once.
-        final = scheduler.submit(replace(draft_request, kind="final"))
+        final = scheduler.submit(replace(draft_request, kind="final", replaces=draft_request.request_id))
         engine.gates.setdefault("a", threading.Event()).set()
         engine.gates.setdefault("b", threading.Event()).set()
         await asyncio.wait_for(asyncio.gather(busy, draft, final), 30)

@@ -295,6 +295,18 @@ def test_doubtful_text_of_a_burst_shorter_than_a_quarter_second_is_dropped() -> 
     assert [m.transcript for m in messages(session.inference_done(longer, result("Not.", logprob=-1.1)))] == ["Not."]
 
 
+@pytest.mark.parametrize(("words", "accepted"), [(224, True), (225, False)])
+def test_a_prompt_of_224_tokens_is_accepted_and_one_more_is_not(words: int, accepted: bool) -> None:
+    session = Session("s", model=ENGLISH, count_tokens=lambda text: len(text.split()), new_vad=LevelVAD)
+    events = session.receive_text(json.dumps({"whisper_params": {"prompt": "word " * words}}), now=0.0)
+    if accepted:
+        assert events == [] and session.state is State.STREAMING
+    else:
+        [error] = messages(events)
+        assert error.error.field == "whisper_params.prompt" and "225 tokens; at most 224" in error.error.message
+        assert closes(events)[0].code == CloseCode.INVALID_PAYLOAD
+
+
 def test_context_prompt_carries_the_previous_final_after_the_users_prompt() -> None:
     audio = np.concatenate([speech(0.5), silence(0.5), speech(0.5), silence(0.5)])
     plain = make_session(whisper_params={"prompt": "Names: Prynne."})
@@ -340,6 +352,42 @@ def test_partials_come_every_interval_of_speech_and_never_after_the_final() -> N
     [done] = messages(session.inference_done(final, result("")))
     # A number seen in a partial always gets its final, even an empty one.
     assert (done.transcription_num, done.is_final, done.transcript) == (0, True, "")
+
+
+def feed_in_real_time(session: Session, audio: np.ndarray, start: float = 0.0, frame_ms: int = 20) -> list:
+    data, step, events = pcm(audio), RATE * frame_ms // 1000 * 2, []
+    for n, i in enumerate(range(0, len(data), step)):
+        events += session.receive_bytes(data[i : i + step], now=start + n * frame_ms / 1000)
+    return events
+
+
+def test_audio_sent_faster_than_real_time_gets_its_latest_partial_before_the_final() -> None:
+    session = make_session(streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5})
+    events = feed(session, np.concatenate([speech(2.1), silence(0.5)]))  # all at the same instant
+    asked = requests(events)
+    assert [r.kind for r in asked] == ["partial"] * 5 + ["final"]
+    partials, owed, final = asked[:-2], asked[-2], asked[-1]  # the owed partial queued before the final
+    assert owed.before_final and not any(p.before_final for p in partials)
+    assert (owed.offset_s, len(owed.audio)) == (partials[-1].offset_s, len(partials[-1].audio))
+    for stale in partials:  # the normal ones come back after the speech ended: not sent
+        assert session.inference_done(stale, result("stale")) == []
+    assert messages(session.inference_done(final, result("so far and more"))) == []  # waits
+    sent = messages(session.inference_done(owed, result("so far")))
+    assert [(m.transcription_num, m.is_final, m.transcript) for m in sent] == [(0, False, "so far"), (0, True, "so far and more")]
+
+
+def test_a_real_time_stream_gets_no_catch_up_partial() -> None:
+    session = make_session(streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5})
+    events = feed_in_real_time(session, np.concatenate([speech(2.1), silence(0.5)]))
+    assert [r.kind for r in requests(events)] == ["partial"] * 4 + ["final"]
+    assert not any(r.before_final for r in requests(events))
+
+
+def test_no_catch_up_partial_once_a_partial_of_the_utterance_was_sent() -> None:
+    session = make_session(streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5})
+    partials = requests(feed(session, speech(1.1)), "partial")
+    assert messages(session.inference_done(partials[-1], result("so far")))
+    assert [r.kind for r in requests(feed(session, np.concatenate([speech(1.0), silence(0.5)])))] == ["partial", "partial", "final"]
 
 
 def test_no_partials_unless_enabled_or_during_silence() -> None:
@@ -503,7 +551,8 @@ def test_a_final_due_before_its_draft_is_done_asks_for_the_same_audio() -> None:
     [draft] = requests(feed(session, np.concatenate([speech(1.0), silence(0.1)])))
     [final] = requests(feed(session, silence(0.4)))
     # The scheduler recognises this once (the waiting or running draft becomes the final).
-    assert final.kind == "final" and final.span == draft.span
+    assert final.kind == "final" and final.replaces == draft.request_id
+    assert (final.offset_s, len(final.audio)) == (draft.offset_s, len(draft.audio))
     assert session.inference_done(draft, result("late draft")) == []  # the final's own result counts
     [message] = messages(session.inference_done(final, result("late draft")))
     assert message.is_final and message.transcript == "late draft"
@@ -517,7 +566,7 @@ def test_speech_that_resumes_withdraws_the_draft() -> None:
     assert session.inference_done(draft, result("stale")) == []
     events = feed(session, silence(0.5))
     [second_draft, final] = requests(events)
-    assert second_draft.kind == "draft" and final.kind == "final" and final.span == second_draft.span
+    assert second_draft.kind == "draft" and final.kind == "final" and final.replaces == second_draft.request_id
     assert len(final.audio) > len(draft.audio) + 0.5 * RATE - 1
 
 
@@ -528,7 +577,7 @@ def test_with_the_context_prompt_a_draft_waits_until_its_context_is_known() -> N
     )
     session.receive_text("{}", now=0.0)
     [draft, first] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
-    assert (draft.kind, first.kind, first.span) == ("draft", "final", draft.span)
+    assert (draft.kind, first.kind, first.replaces) == ("draft", "final", draft.request_id)
     # The next utterance's silence begins while the first final is still out: no draft, since
     # its prompt would be that final's text; the final waits for it.
     assert requests(feed(session, np.concatenate([speech(0.5), silence(0.5)]))) == []
@@ -539,7 +588,7 @@ def test_with_the_context_prompt_a_draft_waits_until_its_context_is_known() -> N
     session.inference_done(second, result("what your country"))
     [third_draft, third] = requests(feed(session, np.concatenate([speech(0.5), silence(0.5)])))
     assert third_draft.kind == "draft" and third_draft.options.context == "what your country"
-    assert third.span == third_draft.span and third.options == third_draft.options
+    assert third.replaces == third_draft.request_id and third.options == third_draft.options
 
 
 def test_no_drafts_unless_enabled() -> None:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import wave
-from pathlib import Path
-
 import numpy as np
 import pytest
 from faster_whisper.vad import SileroVADModel
@@ -12,17 +9,18 @@ from faster_whisper.vad import SileroVADModel
 import whisperwire.vad as vad_module
 from whisperwire.vad import WINDOW_SAMPLES, SileroVAD, default_model_path
 
-AUDIO = Path("/work/shared/audio")
 WINDOWS_PER_S = 16_000 / WINDOW_SAMPLES
 
 
-def read_clip(name: str) -> np.ndarray:
+@pytest.fixture(scope="module")
+def windows_of(clip_audio):  # noqa: ANN001, ANN201
     """A shared clip as float32, cut to whole windows."""
-    with wave.open(str(AUDIO / name)) as wav:
-        assert (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) == (16_000, 1, 2)
-        pcm = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")
-    samples = pcm.astype(np.float32) / 32768
-    return samples[: len(samples) // WINDOW_SAMPLES * WINDOW_SAMPLES]
+
+    def cut(name: str) -> np.ndarray:
+        samples = clip_audio(name)
+        return samples[: len(samples) // WINDOW_SAMPLES * WINDOW_SAMPLES]
+
+    return cut
 
 
 def window(seconds: float) -> int:
@@ -40,9 +38,9 @@ def stream_in_chunks(vad: SileroVAD, audio: np.ndarray, sizes: list[int]) -> np.
     return np.concatenate(parts)
 
 
-def test_speech_between_silences(vad: SileroVAD) -> None:
+def test_speech_between_silences(windows_of, vad: SileroVAD) -> None:
     # 3 s of digital silence, 11 s of JFK (with his pauses), 5 s of silence.
-    probs = vad.new_stream().probabilities(read_clip("en_jfk_padded_3s_5s_silence.wav"))
+    probs = vad.new_stream().probabilities(windows_of("en_jfk_padded_3s_5s_silence.wav"))
     assert probs.dtype == np.float32
     assert len(probs) == window(19.0)
     assert np.all((probs >= 0) & (probs <= 1))
@@ -54,8 +52,8 @@ def test_speech_between_silences(vad: SileroVAD) -> None:
     assert all(second.max() > 0.5 for second in np.array_split(speech, 11))
 
 
-def test_continuous_reading_is_mostly_speech(vad: SileroVAD) -> None:
-    probs = vad.new_stream().probabilities(read_clip("en_librispeech_1221-135766-0001.wav"))
+def test_continuous_reading_is_mostly_speech(windows_of, vad: SileroVAD) -> None:
+    probs = vad.new_stream().probabilities(windows_of("en_librispeech_1221-135766-0001.wav"))
     assert (probs > 0.5).mean() > 0.8
 
 
@@ -67,13 +65,13 @@ def test_continuous_reading_is_mostly_speech(vad: SileroVAD) -> None:
         ("none_laughter_4s.wav", 0.1),
     ],
 )
-def test_non_speech_has_few_speech_windows(vad: SileroVAD, name: str, most: float) -> None:
-    probs = vad.new_stream().probabilities(read_clip(name))
+def test_non_speech_has_few_speech_windows(windows_of, vad: SileroVAD, name: str, most: float) -> None:
+    probs = vad.new_stream().probabilities(windows_of(name))
     assert (probs > 0.5).mean() < most
 
 
-def test_matches_faster_whisper_silero(vad: SileroVAD) -> None:
-    audio = read_clip("en_jfk_inaugural_11s.wav")
+def test_matches_faster_whisper_silero(windows_of, vad: SileroVAD) -> None:
+    audio = windows_of("en_jfk_inaugural_11s.wav")
     ours = vad.new_stream().probabilities(audio)
     # faster-whisper's one-shot call zeroes the last 64 samples of its input (of the array it
     # is given, too), so it gets a copy and its last window is not compared.
@@ -83,24 +81,24 @@ def test_matches_faster_whisper_silero(vad: SileroVAD) -> None:
 
 
 @pytest.mark.parametrize("sizes", [[1], [3, 1, 7, 2], [16, 5], [50]])
-def test_streaming_equals_one_shot(vad: SileroVAD, sizes: list[int]) -> None:
-    audio = read_clip("en_jfk_padded_3s_5s_silence.wav")[: window(8.0) * WINDOW_SAMPLES]
+def test_streaming_equals_one_shot(windows_of, vad: SileroVAD, sizes: list[int]) -> None:
+    audio = windows_of("en_jfk_padded_3s_5s_silence.wav")[: window(8.0) * WINDOW_SAMPLES]
     one_shot = vad.new_stream().probabilities(audio)
     np.testing.assert_allclose(stream_in_chunks(vad, audio, sizes), one_shot, atol=1e-6)
 
 
 def test_long_calls_are_split_without_changing_results(
-    vad: SileroVAD, monkeypatch: pytest.MonkeyPatch
+    windows_of, vad: SileroVAD, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    audio = read_clip("en_harvard_birch_canoe.wav")
+    audio = windows_of("en_harvard_birch_canoe.wav")
     expected = vad.new_stream().probabilities(audio)
     monkeypatch.setattr(vad_module, "_MAX_BATCH", 7)
     np.testing.assert_allclose(vad.new_stream().probabilities(audio), expected, atol=1e-6)
 
 
-def test_interleaved_streams_keep_their_own_state(vad: SileroVAD) -> None:
-    a = read_clip("en_jfk_inaugural_11s.wav")[: 150 * WINDOW_SAMPLES]
-    b = read_clip("none_noise_speechbrain_noise5.wav")[: 150 * WINDOW_SAMPLES]
+def test_interleaved_streams_keep_their_own_state(windows_of, vad: SileroVAD) -> None:
+    a = windows_of("en_jfk_inaugural_11s.wav")[: 150 * WINDOW_SAMPLES]
+    b = windows_of("none_noise_speechbrain_noise5.wav")[: 150 * WINDOW_SAMPLES]
     alone_a = vad.new_stream().probabilities(a)
     alone_b = vad.new_stream().probabilities(b)
 
@@ -114,8 +112,8 @@ def test_interleaved_streams_keep_their_own_state(vad: SileroVAD) -> None:
     np.testing.assert_allclose(np.concatenate(out_b), alone_b, atol=1e-6)
 
 
-def test_state_carries_across_calls_and_reset_clears_it(vad: SileroVAD) -> None:
-    audio = read_clip("en_jfk_inaugural_11s.wav")
+def test_state_carries_across_calls_and_reset_clears_it(windows_of, vad: SileroVAD) -> None:
+    audio = windows_of("en_jfk_inaugural_11s.wav")
     fresh = vad.new_stream().probabilities(audio[: 40 * WINDOW_SAMPLES])
 
     stream = vad.new_stream()

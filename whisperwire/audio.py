@@ -12,8 +12,7 @@ import numpy as np
 import soxr
 
 from whisperwire.protocol import Encoding, ErrorCode, ProtocolError
-
-TARGET_RATE = 16_000
+from whisperwire.values import SAMPLE_RATE
 
 # ------------------------------------------------------------------------------ G.711 tables
 # The decoders are 256-entry tables indexed by the code byte. The stdlib's audioop did this, but it
@@ -87,8 +86,8 @@ class AudioDecoder:
         # VHQ only costs more CPU. None means 16 kHz already: samples pass through untouched.
         self._resampler = (
             None
-            if sample_rate == TARGET_RATE
-            else soxr.ResampleStream(sample_rate, TARGET_RATE, 1, dtype="float32", quality="HQ")
+            if sample_rate == SAMPLE_RATE
+            else soxr.ResampleStream(sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         )
 
     @property
@@ -207,7 +206,7 @@ def _limiter_gain(frames: np.ndarray) -> np.ndarray:
     return np.minimum(np.minimum(padded[:-2], padded[1:-1]), padded[2:])
 
 
-def compress_dynamic_range(audio: np.ndarray, sample_rate: int = TARGET_RATE) -> np.ndarray:
+def compress_dynamic_range(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Even out speech loudness: quiet speech up, loud speech down, silence untouched.
 
     Returns float32 of the same length, within [-1, 1]. The input is not modified.
@@ -228,3 +227,47 @@ def compress_dynamic_range(audio: np.ndarray, sample_rate: int = TARGET_RATE) ->
     limited = compressed * _per_sample(_limiter_gain(compressed), frame)
     # The limiter already holds peaks under the ceiling; this only guards float rounding.
     return np.clip(limited.reshape(-1)[:n], -1.0, 1.0)
+
+
+# ------------------------------------------------------------------------------ the stream's audio
+
+
+class SampleBuffer:
+    """Samples addressed by their absolute index in the stream, dropped from the front.
+
+    Amortised appends: a 30 s utterance arriving in 20 ms frames must not be copied 1500 times.
+    """
+
+    def __init__(self) -> None:
+        self._data = np.zeros(SAMPLE_RATE, dtype=np.float32)
+        self._start = 0  # absolute index of _data[0]
+        self._length = 0
+
+    @property
+    def start(self) -> int:
+        return self._start
+
+    @property
+    def end(self) -> int:
+        return self._start + self._length
+
+    def append(self, samples: np.ndarray) -> None:
+        needed = self._length + len(samples)
+        if needed > len(self._data):
+            grown = np.zeros(max(needed, 2 * len(self._data)), dtype=np.float32)
+            grown[: self._length] = self._data[: self._length]
+            self._data = grown
+        self._data[self._length : needed] = samples
+        self._length = needed
+
+    def view(self, begin: int, end: int) -> np.ndarray:
+        begin, end = max(begin, self._start), min(end, self.end)
+        return self._data[begin - self._start : end - self._start]
+
+    def drop_before(self, index: int) -> None:
+        cut = min(max(index, self._start), self.end) - self._start
+        if cut == 0:
+            return
+        self._data[: self._length - cut] = self._data[cut : self._length]
+        self._length -= cut
+        self._start += cut

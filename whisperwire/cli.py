@@ -14,7 +14,6 @@ import time
 from types import FrameType
 from typing import Any
 
-import numpy as np
 import uvicorn
 
 from . import __version__
@@ -92,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.ray:
         return _serve_on_ray(settings)
 
+    from .engine import load_warm_engine
     from .models import ModelError
     from .server import create_app, server_config
 
@@ -130,23 +130,6 @@ def default_language_note(info: Any) -> str:  # noqa: ANN401 - engine.ModelInfo
     if info.multilingual:
         return 'sessions without audio_language are transcribed as English: send "auto" to detect'
     return "English only"
-
-
-def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> Any:  # noqa: ANN401 - WhisperEngine
-    """The model `settings` name, loaded and run once: the first inference pays for lazy
-    initialisation, and the first client should not."""
-    from .engine import load_engine
-
-    engine = load_engine(
-        settings.model,
-        device=settings.device,
-        compute_type=settings.compute_type,
-        cpu_threads=cpu_threads or settings.cpu_threads or usable_cores(),
-        cache_dir=settings.cache_dir,
-        fit_window=settings.encoder_window == "fit",
-    )
-    engine.transcribe(np.zeros(16_000, dtype=np.float32), _warmup_options())
-    return engine
 
 
 # A one-machine Ray cluster started by `serve --ray`. Read when ray is first imported, so set
@@ -244,12 +227,6 @@ def uvicorn_config(app: Any, settings: Settings) -> uvicorn.Config:
         ssl_keyfile=settings.ssl_keyfile,
         timeout_graceful_shutdown=5,
     )
-
-
-def _warmup_options():  # noqa: ANN202 - DecodeOptions, imported lazily with the engine
-    from .engine import DecodeOptions
-
-    return DecodeOptions(language="en")
 
 
 class DrainingServer(uvicorn.Server):

@@ -3,112 +3,34 @@
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
-import numpy as np
 import ctranslate2
+import numpy as np
 from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer as FwTokenizer
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
 from tokenizers import Tokenizer
 
+from whisperwire import guards
 from whisperwire.models import ModelError, resolve_model
+from whisperwire.protocol import MAX_PROMPT_TOKENS
+from whisperwire.values import SAMPLE_RATE, DecodeOptions, Engine, ModelInfo, Result, SegmentResult, Word
 
+if TYPE_CHECKING:
+    from whisperwire.settings import Settings
 
-@dataclass(frozen=True)
-class ModelInfo:
-    name: str
-    multilingual: bool
-    languages: frozenset[str]
-
-
-@dataclass(frozen=True)
-class DecodeOptions:
-    language: str | None  # None: detect per call, among language_options (empty: all)
-    language_options: tuple[str, ...] = ()
-    prompt: str | None = None
-    # Text heard just before this audio (the previous utterance), given to Whisper after the
-    # user's prompt; trimmed from its start so that the prompt fits.
-    context: str | None = None
-    beam_width: int = 1
-    length_penalty: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    word_timestamps: bool = False
-    dynamic_preprocessing: bool = False
-
-
-@dataclass(frozen=True)
-class Word:
-    word: str
-    start: float  # seconds from the start of the audio given to transcribe()
-    end: float
-    prob: float
-
-
-@dataclass(frozen=True)
-class SegmentResult:
-    text: str
-    start: float  # seconds from the start of the audio given to transcribe()
-    end: float
-    avg_logprob: float
-    n_tokens: int
-    no_speech_prob: float
-    compression_ratio: float
-    words: tuple[Word, ...] | None  # None unless word timestamps were asked for
-
-
-@dataclass(frozen=True)
-class Result:
-    segments: tuple[SegmentResult, ...]
-    language: str
-    language_prob: float | None  # None when the language was given, not detected
-
-    @property
-    def text(self) -> str:
-        return "".join(s.text for s in self.segments).strip()
-
-    @property
-    def mean_logprob(self) -> float | None:
-        tokens = sum(s.n_tokens for s in self.segments)
-        if tokens == 0:
-            return None
-        return sum(s.avg_logprob * s.n_tokens for s in self.segments) / tokens
-
-
-class Engine(Protocol):
-    info: ModelInfo
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def detect_language(
-        self, audio: np.ndarray, language_options: tuple[str, ...] = ()
-    ) -> tuple[str, float]: ...
-
-    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result: ...
+__all__ = ["DecodeOptions", "Engine", "ModelInfo", "Result", "SegmentResult", "WhisperEngine", "Word", "load_engine"]
 
 
 # --------------------------------------------------------------------------- faster-whisper
 
-SAMPLE_RATE = 16_000
-# Whisper's own signs that a decoded window held no speech. The streaming VAD hands over short
-# bursts of laughter, breath or noise that Whisper decodes as "Thank you." or "Good." with a
-# no-speech probability of 0.55-0.9 and a mean log-probability of -0.8 to -1.2 (the laughter cuts
-# of benchmarks/transcript_quality.py); the least sure real utterance of the shared clips, JFK's
-# "Ask not!" alone, has 0.41 and -0.99 (tests/test_quality.py keeps it). A window is dropped when
-# it is probably silent and was not decoded with confidence: past either (no-speech probability,
-# mean log-probability) pair.
-SILENT_WINDOW_RULES = ((0.6, -0.5), (0.55, -1.0))
-# A segment that gzip-compresses better than 2.4:1 is a repetition loop ("you you you ..."),
-# which with a single temperature nothing else catches.
-COMPRESSION_RATIO_LIMIT = 2.4
-_WORD = re.compile(r"\w")
-# faster-whisper keeps the last max_length // 2 - 1 tokens of a prompt (Whisper's text context
-# is 448 tokens, half of it for the prompt, less the <|startofprev|> token).
-PROMPT_TOKEN_LIMIT = 223
+# The prompt the protocol accepts (PROTOCOL.md: at most 224 tokens) reaches Whisper whole.
+# faster-whisper itself keeps only the last max_length // 2 - 1 = 223 tokens of a prompt (half
+# of Whisper's 448-token text context, less <|startofprev|>); FullPromptModel keeps 224.
+PROMPT_TOKEN_LIMIT = MAX_PROMPT_TOKENS
 
 
 # --------------------------------------------------------------------------- encoder window
@@ -131,7 +53,26 @@ def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCO
     return windows_s[-1] * FRAMES_PER_SECOND
 
 
-class FittedWindowModel(WhisperModel):
+class FullPromptModel(WhisperModel):
+    """faster-whisper's WhisperModel that gives Whisper the whole prompt the protocol accepts."""
+
+    def get_prompt(
+        self,
+        tokenizer: FwTokenizer,
+        previous_tokens: list[int],
+        without_timestamps: bool = False,
+        prefix: str | None = None,
+        hotwords: str | None = None,
+    ) -> list[int]:
+        # The rest of the prompt (start of transcript, language, task, prefix) as faster-whisper
+        # builds it; only the previous text is ours. Hotwords are never passed here.
+        rest = super().get_prompt(tokenizer, [], without_timestamps, prefix, hotwords)
+        if not previous_tokens:
+            return rest
+        return [tokenizer.sot_prev, *previous_tokens[-PROMPT_TOKEN_LIMIT:], *rest]
+
+
+class FittedWindowModel(FullPromptModel):
     """faster-whisper's WhisperModel whose encoder sees a window that fits the audio.
 
     faster-whisper pads every mel segment to 3000 frames (30 s) with zeros before ``encode``;
@@ -174,8 +115,7 @@ class WhisperEngine:
     ) -> None:
         self.device = _resolve_device(device)
         self.compute_type = _resolve_compute_type(compute_type, self.device)
-        self.fit_window = fit_window
-        model_class = FittedWindowModel if fit_window else WhisperModel
+        model_class = FittedWindowModel if fit_window else FullPromptModel
         try:
             self._model = model_class(
                 str(model_dir),
@@ -276,7 +216,7 @@ class WhisperEngine:
             no_repeat_ngram_size=options.no_repeat_ngram_size,
             temperature=0.0,
             compression_ratio_threshold=None,  # only steers fallback, which is off
-            log_prob_threshold=None,  # the drop rules are applied below, in _heard
+            log_prob_threshold=None,  # the drop rules are applied below (guards.is_speech)
             no_speech_threshold=None,
             condition_on_previous_text=False,
             initial_prompt=self._prompt_tokens(options),
@@ -286,7 +226,12 @@ class WhisperEngine:
         kept = tuple(
             self._segment_result(segment, duration, options.word_timestamps)
             for segment in segments  # a generator: iterating it is what runs the decoder
-            if _heard(segment)
+            if guards.is_speech(
+                segment.text,
+                no_speech_prob=segment.no_speech_prob,
+                avg_logprob=segment.avg_logprob,
+                compression_ratio=segment.compression_ratio,
+            )
         )
         return Result(segments=kept, language=language, language_prob=language_prob)
 
@@ -350,6 +295,23 @@ def load_engine(
     )
 
 
+def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> WhisperEngine:
+    """The model ``settings`` name, loaded and run once: the first inference pays for lazy
+    initialisation, and the first client should not."""
+    from whisperwire.settings import usable_cores
+
+    engine = load_engine(
+        settings.model,
+        device=settings.device,
+        compute_type=settings.compute_type,
+        cpu_threads=cpu_threads or settings.cpu_threads or usable_cores(),
+        cache_dir=settings.cache_dir,
+        fit_window=settings.encoder_window == "fit",
+    )
+    engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en"))
+    return engine
+
+
 def count_prompt_tokens(tokenizer: Tokenizer, text: str) -> int:
     """The tokens ``text`` takes as a Whisper prompt.
 
@@ -395,18 +357,6 @@ def _model_languages(model_dir: Path, model: WhisperModel) -> frozenset[str]:
         return frozenset(model.supported_languages)
     tokens = (model.hf_tokenizer.id_to_token(i) for i in lang_ids)
     return frozenset(t[2:-2] for t in tokens if t and t.startswith("<|") and t.endswith("|>"))
-
-
-def _heard(segment: FwSegment) -> bool:
-    """Whether a decoded segment is speech rather than Whisper's text for silence or noise."""
-    if not _WORD.search(segment.text):
-        return False  # "." or "..." alone: no word was heard
-    if segment.compression_ratio > COMPRESSION_RATIO_LIMIT:
-        return False
-    return not any(
-        segment.no_speech_prob > no_speech and segment.avg_logprob < log_prob
-        for no_speech, log_prob in SILENT_WINDOW_RULES
-    )
 
 
 def _as_mono_float32(audio: np.ndarray) -> np.ndarray:

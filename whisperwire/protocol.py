@@ -11,10 +11,19 @@ import json
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from faster_whisper.tokenizer import _LANGUAGE_CODES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-WHISPER_LANGUAGES: frozenset[str] = frozenset(_LANGUAGE_CODES)
+# The language codes Whisper has tokens for (large-v3 adds "yue"; a loaded model's own list is
+# ModelInfo.languages). Our own copy: the protocol must not import a model library, and
+# tests/test_protocol.py keeps it equal to faster-whisper's.
+WHISPER_LANGUAGES: frozenset[str] = frozenset(
+    """
+    af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi
+    hr ht hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn
+    no oc pa pl ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi
+    yi yo zh yue
+    """.split()
+)
 MAX_METADATA_BYTES = 64 * 1024
 MAX_PROMPT_TOKENS = 224
 

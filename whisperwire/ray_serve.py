@@ -40,8 +40,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("whisperwire on Ray Serve needs Ray: pip install 'whisperwire[ray]'") from exc
 
-from .cli import load_warm_engine
-from .engine import DecodeOptions, ModelInfo, Result, count_prompt_tokens
+from .engine import count_prompt_tokens, load_warm_engine
+from .values import DecodeOptions, ModelInfo, Result
 from .server import create_app, server_config
 from .settings import Settings, load_settings, usable_cores
 

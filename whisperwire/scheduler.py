@@ -22,9 +22,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from .engine import SAMPLE_RATE, Engine, Result, SegmentResult
-from .session import InferenceRequest
-from .vad import WINDOW_SAMPLES
+from . import guards
+from .values import SAMPLE_RATE, Engine, InferenceRequest, Result
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +46,8 @@ class SchedulerStats:
     finals_done: int = 0
     partials_done: int = 0
     partials_superseded: int = 0
-    drafts_done: int = 0
     drafts_promoted: int = 0  # drafts that became their utterance's final
     drafts_withdrawn: int = 0  # dropped before running: the speech went on
-    busy_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -108,7 +105,9 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         with self._ready:
-            if request.kind == "final":
+            if request.before_final:  # a partial owed before its final: in the finals' queue
+                self._finals.append(_Job(request, [(future, loop)]))
+            elif request.kind == "final":
                 self._submit_final(request, future, loop)
             else:
                 self._submit_other(request, future, loop)
@@ -119,13 +118,13 @@ class Scheduler:
         self, request: InferenceRequest, future: asyncio.Future[Result], loop: asyncio.AbstractEventLoop
     ) -> None:
         for running in self._running:
-            if running.request.span == request.span:
+            if running.request.request_id == request.replaces:
                 running.futures.append((future, loop))  # its draft is being recognised right now
                 running.final = True
                 self.stats.drafts_promoted += 1
                 return
         waiting = self._others.get(request.session_id)
-        if waiting is not None and waiting.request.span == request.span:
+        if waiting is not None and waiting.request.request_id == request.replaces:
             del self._others[request.session_id]  # the draft moves up among the finals
             waiting.futures.append((future, loop))
             waiting.final = True
@@ -150,7 +149,7 @@ class Scheduler:
         """Drop a waiting draft or partial that is no longer wanted (one already running runs)."""
         with self._ready:
             job = self._others.get(request.session_id)
-            if job is not None and job.request is request:
+            if job is not None and job.request.request_id == request.request_id:
                 del self._others[request.session_id]
                 if request.kind == "draft":
                     self.stats.drafts_withdrawn += 1
@@ -240,14 +239,12 @@ class Scheduler:
                 continue
             finally:
                 ran = time.monotonic() - began
-                with self._ready:  # several workers may finish at once
-                    self.stats.busy_seconds += ran
                 if self._on_inference is not None:
                     self._on_inference("final" if job.final else job.request.kind, ran)
             log.debug(
                 "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s",
                 job.request.kind, job.request.session_id, job.request.transcription_num,
-                len(job.request.audio) / 16_000, began - job.queued_at, ran,
+                len(job.request.audio) / SAMPLE_RATE, began - job.queued_at, ran,
             )
             self._count(job)
             self._finish(job, _set_result, result)
@@ -269,8 +266,6 @@ class Scheduler:
 
     def _count_locked(self, job: _Job) -> None:
         kind = job.request.kind
-        if kind == "draft":
-            self.stats.drafts_done += 1
         if job.final:
             self.stats.finals_done += 1
         elif kind == "partial":
@@ -283,14 +278,6 @@ class Scheduler:
         return transcribe(self.engine, request)
 
 
-# Whisper sometimes ends a long utterance after its first sentence with a final timestamp, and
-# faster-whisper then skips the rest of the 30 s window: seconds of speech are never decoded.
-# When the VAD heard at least this much speech after the last segment, that stretch is decoded
-# once more. Only speech the VAD heard counts: decoding every uncovered stretch brought text
-# for pauses ("them.") on the monologues of benchmarks/transcript_quality.py.
-RECOVER_MIN_SPEECH_S = 1.0
-
-
 def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     """The engine's result for a draft or final, with a skipped end decoded again (once).
 
@@ -301,8 +288,8 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     if request.kind == "partial" or not result.segments:
         return result
     covered = result.segments[-1].end
-    heard = sum(1 for start in request.speech_at if start >= covered) * WINDOW_SAMPLES / SAMPLE_RATE
-    if heard < RECOVER_MIN_SPEECH_S:
+    heard = guards.uncovered_speech_s(request, covered)
+    if heard < guards.RECOVER_MIN_SPEECH_S:
         return result
     log.debug(
         "%s %s #%d: %.1f s of speech after the last segment (%.2f s), decoding it again",
@@ -311,16 +298,7 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     # The language found for the whole utterance holds for its end too.
     options = replace(request.options, language=request.options.language or result.language)
     rest = engine.transcribe(request.audio[round(covered * SAMPLE_RATE) :], options)
-    return replace(result, segments=result.segments + tuple(_shifted(s, covered) for s in rest.segments))
-
-
-def _shifted(segment: SegmentResult, seconds: float) -> SegmentResult:
-    words = segment.words
-    if words is not None:
-        words = tuple(replace(w, start=round(w.start + seconds, 3), end=round(w.end + seconds, 3)) for w in words)
-    return replace(
-        segment, start=round(segment.start + seconds, 3), end=round(segment.end + seconds, 3), words=words
-    )
+    return replace(result, segments=result.segments + tuple(guards.shifted(s, covered) for s in rest.segments))
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback, *args: object) -> None:  # noqa: ANN001

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .engine import Engine, Result
+from .values import Engine, Result
 from .logs import SESSION_ID
 from .metrics import LiveState, Metrics
 from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError, SessionLimits, Transcription
@@ -163,10 +163,6 @@ class Whisperwire:
                 f"(limit {wait_limit:g} s); try again later"
             )
         return None
-
-    def session_lags(self) -> dict[str, float]:
-        """Each live session's lag in seconds (Session.lag_s), by session id."""
-        return {c.session.session_id: c.session.lag_s for c in self.connections}
 
     async def drain(self) -> None:
         """Stop taking sessions; flush every live one's finals and close it with 1001.

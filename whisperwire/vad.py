@@ -14,7 +14,10 @@ import numpy as np
 import onnxruntime
 from faster_whisper.utils import get_assets_path
 
-WINDOW_SAMPLES = 512  # 32 ms at 16 kHz, the window the 16 kHz model was trained on
+from .values import WINDOW_SAMPLES
+
+__all__ = ["WINDOW_SAMPLES", "SileroVAD", "VADStream", "default_model_path"]
+
 CONTEXT_SAMPLES = 64
 MODEL_FILE = "silero_vad_v6.onnx"
 

@@ -1,0 +1,237 @@
+"""Where utterances start and end: VAD windows in, recognitions due out.
+
+Fed one speech probability per 32 ms window, the endpointer says when a partial, a draft or a
+final is due and which audio (absolute 16 kHz sample indices) it covers. It numbers the
+utterances, dates a speech start back over the rising probability before it, ends an utterance
+after the silence window, and cuts one that reaches the length limit at the quietest point
+near it. It holds no audio and knows nothing of requests or messages: the session turns what
+is due into recognitions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .protocol import Metadata
+from .values import SAMPLE_RATE, WINDOW_SAMPLES, ms_to_samples
+
+# Silero's own hysteresis: speech starts at `threshold`, ends only under `threshold - 0.15`.
+NEG_THRESHOLD_GAP = 0.15
+# How far back (in 32 ms windows) the start of speech may be dated before the trigger, and how
+# far under the threshold those windows may be.
+ONSET_LOOKBACK_WINDOWS = 16
+ONSET_GAP = 0.3
+# A cut forced by final_transcript_max_duration_s looks this far back for the quietest point.
+CUT_SEARCH_S = 2.0
+# A point's quietness is the mean probability of the windows this far (in windows) either side
+# of it: a single quiet window inside a word (a stop consonant) loses to a real pause. One or
+# three windows either side did worse on the monologues of benchmarks/transcript_quality.py.
+CUT_SMOOTH_WINDOWS = 2
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    threshold: float
+    min_silence: int  # samples of silence that end an utterance
+    pad: int  # samples kept before the start and after the end of speech
+    max_samples: int  # an utterance's length limit
+    partial_interval: int | None  # samples of audio between partials; None: no partials
+    drafts: bool = False  # say when a final's audio is known, before the silence window is over
+
+    @classmethod
+    def of(cls, metadata: Metadata, *, drafts: bool) -> EndpointSettings:
+        vad, params = metadata.streaming_vad_config, metadata.streaming_params
+        partials = params.enable_partial_transcripts and not metadata.whisper_params.language_detection_only
+        return cls(
+            threshold=vad.threshold,
+            min_silence=ms_to_samples(vad.min_silence_duration_ms),
+            pad=ms_to_samples(vad.speech_pad_ms),
+            max_samples=params.final_transcript_max_duration_s * SAMPLE_RATE,
+            partial_interval=max(1, round(params.partial_transcript_interval_s * SAMPLE_RATE)) if partials else None,
+            drafts=drafts,
+        )
+
+
+@dataclass(frozen=True)
+class Due:
+    """A recognition the stream needs: utterance ``num``'s audio from ``start`` to ``end``."""
+
+    kind: Literal["partial", "draft", "final"]
+    num: int
+    start: int
+    end: int
+    speech: tuple[int, ...]  # start of each window at or above the threshold, before end
+    speech_end: int | None = None  # where the VAD heard the speech stop, for a final at a pause
+
+
+@dataclass(frozen=True)
+class DraftVoid:
+    """The speech went on: the draft asked for during the silence will not be the final."""
+
+    num: int
+
+
+Boundary = Due | DraftVoid
+
+
+@dataclass
+class _Utterance:
+    num: int
+    start: int
+    next_partial_at: int | None
+    windows: list[tuple[int, float]] = field(default_factory=list)  # (start, probability)
+    silence_start: int | None = None
+    draft_asked: bool = False
+
+
+class Endpointer:
+    def __init__(self, settings: EndpointSettings) -> None:
+        self.settings = settings
+        self._utterance: _Utterance | None = None
+        self._last_end = 0  # an utterance never starts before the previous one ended
+        self._next_num = 0
+        self._recent: deque[tuple[int, float]] = deque(maxlen=ONSET_LOOKBACK_WINDOWS)
+
+    @property
+    def open_start(self) -> int | None:
+        """Where the utterance being spoken starts, or None between utterances."""
+        return None if self._utterance is None else self._utterance.start
+
+    @property
+    def open_num(self) -> int | None:
+        """The number of the utterance being spoken, or None between utterances."""
+        return None if self._utterance is None else self._utterance.num
+
+    @property
+    def last_end(self) -> int:
+        return self._last_end
+
+    def window(self, start: int, prob: float, *, earliest: int, drafts: bool = True) -> list[Boundary]:
+        """One window's probability. ``earliest`` is the first sample still held, before which
+        no utterance may start; ``drafts`` is whether a draft may be asked for now."""
+        s = self.settings
+        end = start + WINDOW_SAMPLES
+        utterance = self._utterance
+        if utterance is None:
+            if prob < s.threshold:
+                self._recent.append((start, prob))
+                return []
+            utterance = self._open(self._onset(start, max(0.1, s.threshold - ONSET_GAP)), earliest)
+        utterance.windows.append((start, prob))
+        # Speech ends after min_silence of windows *all* under threshold - 0.15 (PROTOCOL.md §3):
+        # one window at or above it, a soft word, restarts the count.
+        found: list[Boundary] = []
+        if prob >= s.threshold - NEG_THRESHOLD_GAP:
+            utterance.silence_start = None
+            if utterance.draft_asked:
+                utterance.draft_asked = False
+                found.append(DraftVoid(utterance.num))
+        elif utterance.silence_start is None:
+            utterance.silence_start = start
+        if utterance.silence_start is not None:
+            final_end = utterance.silence_start + s.pad
+            # At the length limit during a pause, the pause is where the utterance ends.
+            if end - utterance.silence_start >= s.min_silence or end - utterance.start >= s.max_samples:
+                return found + self._end(min(final_end, end), speech_end=utterance.silence_start)
+            if s.drafts and drafts and not utterance.draft_asked and final_end <= end:
+                utterance.draft_asked = True
+                found.append(self._due("draft", utterance, final_end))
+            return found
+        if end - utterance.start >= s.max_samples:
+            return found + self._cut(end)
+        return found + self._partial(end)
+
+    def end_now(self, end: int) -> list[Boundary]:
+        """End the utterance being spoken at ``end`` (finalize, terminate, shutdown)."""
+        return self._end(end)
+
+    # ------------------------------------------------------------------ the parts
+
+    def _onset(self, trigger: int, floor: float) -> int:
+        """Where the speech that just crossed the threshold began.
+
+        Silero's probability rises over several windows before it crosses the threshold, and a
+        soft first word (or telephone-band audio) may never cross it at all; the unbroken run
+        of windows above a lower floor just before the trigger is dated as speech too, so the
+        first word is not cut off.
+        """
+        onset = trigger
+        for start, prob in reversed(self._recent):
+            if prob < floor or start != onset - WINDOW_SAMPLES or start < self._last_end:
+                break
+            onset = start
+        self._recent.clear()
+        return onset
+
+    def _open(self, window_start: int, earliest: int, windows: list[tuple[int, float]] | None = None) -> _Utterance:
+        start = max(window_start - self.settings.pad, self._last_end, earliest) if windows is None else window_start
+        interval = self.settings.partial_interval
+        self._utterance = _Utterance(
+            num=self._next_num,
+            start=start,
+            next_partial_at=None if interval is None else start + interval,
+            windows=windows or [],
+        )
+        self._next_num += 1
+        return self._utterance
+
+    def _end(self, end: int, speech_end: int | None = None) -> list[Boundary]:
+        utterance = self._utterance
+        if utterance is None:
+            return []
+        self._utterance = None
+        end = max(end, utterance.start)
+        self._last_end = end
+        if end == utterance.start:
+            return []  # nothing to recognise; no number ever reached the client
+        return [self._due("final", utterance, end, speech_end)]
+
+    def _cut(self, end: int) -> list[Boundary]:
+        """Cut at the quietest point near the limit, so a word is less likely to be split."""
+        utterance = self._utterance
+        assert utterance is not None
+        cut = quietest_point(utterance.windows, utterance.start, end)
+        if cut is None:
+            cut = end
+        found = self._end(cut)
+        # The speech goes on: the next utterance starts right at the cut and keeps the
+        # windows it has already seen.
+        self._open(cut, cut, [(s, p) for s, p in utterance.windows if s >= cut])
+        return found + self._partial(end)
+
+    def _partial(self, end: int) -> list[Boundary]:
+        utterance = self._utterance
+        interval = self.settings.partial_interval
+        assert utterance is not None
+        if interval is None or utterance.next_partial_at is None or end < utterance.next_partial_at:
+            return []
+        # Skip marks already passed (a large frame), so one frame asks for one partial at most.
+        while utterance.next_partial_at <= end:
+            utterance.next_partial_at += interval
+        return [self._due("partial", utterance, end)]
+
+    def _due(self, kind: Literal["partial", "draft", "final"], utterance: _Utterance, end: int, speech_end: int | None = None) -> Due:
+        threshold = self.settings.threshold
+        speech = tuple(s for s, p in utterance.windows if p >= threshold and s < end)
+        return Due(kind, utterance.num, utterance.start, end, speech, speech_end)
+
+
+def quietest_point(windows: list[tuple[int, float]], start: int, end: int) -> int | None:
+    """The start of the window at the centre of the quietest stretch of the last CUT_SEARCH_S
+    before ``end`` (after ``start``), or None when there is no window there."""
+    earliest = end - int(CUT_SEARCH_S * SAMPLE_RATE)
+    first = next((i for i, (s, _) in enumerate(windows) if s >= earliest and s > start), None)
+    if first is None:
+        return None
+    probs = [p for _, p in windows]
+    k = CUT_SMOOTH_WINDOWS
+
+    def quietness(i: int) -> float:
+        around = probs[max(i - k, 0) : i + k + 1]
+        return sum(around) / len(around)
+
+    # Among equally quiet points take the latest: utterances stay as long as allowed.
+    best = min(range(first, len(windows)), key=lambda i: (quietness(i), -i))
+    return windows[best][0]
