@@ -1,0 +1,114 @@
+"""The endpointer alone: probabilities in, what is due out, to the sample. No audio, no model."""
+
+from __future__ import annotations
+
+import pytest
+
+from whisperwire.endpointer import Due, DraftVoid, EndpointSettings, Endpointer, quietest_point
+from whisperwire.values import SAMPLE_RATE, WINDOW_SAMPLES
+
+W = WINDOW_SAMPLES
+SPEECH, QUIET = 0.95, 0.02
+
+
+def settings(**changes: object) -> EndpointSettings:
+    base = dict(threshold=0.5, min_silence=10 * W, pad=0, max_samples=30 * SAMPLE_RATE, partial_interval=None, drafts=False)
+    return EndpointSettings(**{**base, **changes})  # type: ignore[arg-type]
+
+
+def run(endpointer: Endpointer, probs: list[float], first: int = 0, drafts: bool = True) -> list:
+    found = []
+    for i, prob in enumerate(probs, start=first):
+        found += endpointer.window(i * W, prob, earliest=0, drafts=drafts)
+    return found
+
+
+def dues(found: list, kind: str) -> list[Due]:
+    return [d for d in found if isinstance(d, Due) and d.kind == kind]
+
+
+def test_an_utterance_ends_after_the_silence_window_where_the_silence_began() -> None:
+    endpointer = Endpointer(settings())
+    found = run(endpointer, [QUIET] * 5 + [SPEECH] * 20 + [QUIET] * 10)
+    [final] = dues(found, "final")
+    assert (final.num, final.start, final.end, final.speech_end) == (0, 5 * W, 25 * W, 25 * W)
+    assert final.speech == tuple(i * W for i in range(5, 25))
+    assert endpointer.open_num is None and endpointer.last_end == 25 * W
+
+
+def test_one_window_short_of_the_silence_window_ends_nothing_and_a_soft_window_restarts_it() -> None:
+    endpointer = Endpointer(settings())
+    assert dues(run(endpointer, [SPEECH] * 5 + [QUIET] * 9), "final") == []
+    # 0.4 is under the threshold but above threshold - 0.15: not silence.
+    assert dues(run(endpointer, [0.4] + [QUIET] * 9, first=14), "final") == []
+    [final] = dues(run(endpointer, [QUIET], first=24), "final")
+    assert final.end == 15 * W  # the silence began after the soft window
+
+
+def test_the_start_is_dated_back_over_the_rising_probability() -> None:
+    endpointer = Endpointer(settings())
+    found = run(endpointer, [QUIET] * 3 + [0.25, 0.3, 0.45] + [SPEECH] * 5 + [QUIET] * 10)
+    assert dues(found, "final")[0].start == 3 * W  # windows >= 0.2 just before the trigger
+    found = run(Endpointer(settings()), [QUIET] * 3 + [0.15] + [SPEECH] * 5 + [QUIET] * 10)
+    assert dues(found, "final")[0].start == 4 * W  # 0.15 is under the floor
+
+
+def test_the_start_never_goes_before_what_is_held_or_the_previous_end() -> None:
+    endpointer = Endpointer(settings(pad=3 * W))
+    [first] = dues(run(endpointer, [SPEECH] * 5 + [QUIET] * 10), "final")
+    assert first.end == 8 * W  # the pad after the speech
+    found = []
+    for i in range(15, 40):
+        found += endpointer.window(i * W, SPEECH if 15 <= i < 20 else QUIET, earliest=14 * W)
+    [second] = dues(found, "final")
+    assert second.start == 14 * W  # 12 with the pad, but 14 is the first sample still held
+
+
+def test_partials_are_due_every_interval_and_not_during_silence() -> None:
+    endpointer = Endpointer(settings(partial_interval=4 * W))
+    found = run(endpointer, [SPEECH] * 13 + [QUIET] * 10)
+    assert [(p.start, p.end) for p in dues(found, "partial")] == [(0, 4 * W), (0, 8 * W), (0, 12 * W)]
+
+
+def test_a_draft_is_due_once_the_pad_has_arrived_and_void_when_speech_resumes() -> None:
+    endpointer = Endpointer(settings(pad=2 * W, drafts=True))
+    found = run(endpointer, [SPEECH] * 5 + [QUIET] * 4)
+    [draft] = dues(found, "draft")
+    assert (draft.start, draft.end) == (0, 7 * W)  # the speech and its pad
+    found = run(endpointer, [SPEECH], first=9)
+    assert found == [DraftVoid(0)]
+    found = run(endpointer, [QUIET] * 10, first=10)
+    [second, final] = [d for d in found if isinstance(d, Due)]
+    assert (second.kind, final.kind, second.end, final.end) == ("draft", "final", 12 * W, 12 * W)
+
+
+def test_no_draft_while_the_session_says_not_now() -> None:
+    endpointer = Endpointer(settings(pad=2 * W, drafts=True))
+    assert dues(run(endpointer, [SPEECH] * 5 + [QUIET] * 4, drafts=False), "draft") == []
+    assert len(dues(run(endpointer, [QUIET], first=9), "draft")) == 1  # allowed again: asked now
+
+
+def test_the_length_limit_cuts_at_the_quietest_stretch_and_the_next_utterance_starts_there() -> None:
+    limit = 100 * W
+    endpointer = Endpointer(settings(max_samples=limit))
+    probs = [SPEECH] * 150  # one cut: the next utterance reaches its limit at 181
+    for i in range(79, 84):  # a pause within the last 2 s before the limit
+        probs[i] = 0.4
+    found = run(endpointer, probs)
+    [first] = dues(found, "final")
+    assert (first.num, first.start, first.end, first.speech_end) == (0, 0, 81 * W, None)
+    assert endpointer.open_num == 1 and endpointer.open_start == 81 * W
+
+
+def test_finalize_ends_the_open_utterance_where_told_and_nothing_when_none_is_open() -> None:
+    endpointer = Endpointer(settings())
+    run(endpointer, [SPEECH] * 5)
+    [final] = endpointer.end_now(5 * W + 100)
+    assert (final.kind, final.end, final.speech_end) == ("final", 5 * W + 100, None)
+    assert endpointer.end_now(10 * W) == []
+
+
+@pytest.mark.parametrize(("probs", "expected"), [([0.9] * 10, 9), ([0.9, 0.9, 0.0, 0.9, 0.9, 0.2, 0.2, 0.2, 0.2, 0.2, 0.9, 0.9, 0.9], 7)])
+def test_quietest_point_prefers_a_pause_to_one_quiet_window(probs: list[float], expected: int) -> None:
+    windows = [(i * W, p) for i, p in enumerate(probs)]
+    assert quietest_point(windows, 0, len(probs) * W) == expected * W
