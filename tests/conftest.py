@@ -144,7 +144,8 @@ class RunningServer:
 
 
 def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001
-    from whisperwire.server import ServerConfig, create_app
+    from whisperwire.config import ServerConfig
+    from whisperwire.server import create_app
 
     return RunningServer(create_app(engine, ServerConfig(**config), vad))
 

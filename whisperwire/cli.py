@@ -8,9 +8,11 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -25,6 +27,9 @@ log = logging.getLogger("whisperwire")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        return _bench(argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
@@ -47,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     add_arguments(serve)
     serve.set_defaults(run=_serve)
 
-    from .client import add_stream_arguments, run_stream
+    from .console import add_stream_arguments, run_stream
 
     stream = commands.add_parser("stream", help="stream an audio file to a server and print transcripts")
     add_stream_arguments(stream)
@@ -58,15 +63,29 @@ def _parser() -> argparse.ArgumentParser:
     mic = commands.add_parser("mic", help="stream the microphone to a server and show transcripts live")
     add_mic_arguments(mic)
     mic.set_defaults(run=run_mic)
-    from .bench import add_bench_arguments, run_bench
-
-    bench = commands.add_parser(
+    commands.add_parser(
         "bench",
-        help="measure final latency, partial cadence, WER and capacity with N live streams (BENCHMARKS.md)",
+        help="measure final latency, partial cadence, WER and capacity with N live streams "
+        "(benchmarks/bench.py of a checkout; BENCHMARKS.md)",
+        add_help=False,
     )
-    add_bench_arguments(bench)
-    bench.set_defaults(run=run_bench)
     return parser
+
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def _bench(argv: list[str]) -> int:
+    """The benchmark is a tool of the repository, not of the installed package: run the
+    checkout's benchmarks/bench.py."""
+    if not BENCH.is_file():
+        print(
+            "error: whisperwire bench runs benchmarks/bench.py of a whisperwire checkout "
+            f"(installed with pip install -e); there is none at {BENCH}",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.call([sys.executable, str(BENCH), *argv])
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -93,7 +112,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .engine import load_warm_engine
     from .models import ModelError
-    from .server import create_app, server_config
+    from .server import create_app
 
     try:  # before the model loads: a busy port fails in a second, with one line
         listener = listening_socket(settings.host, settings.port)
@@ -109,7 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: could not load model {settings.model!r} on {settings.device}: {exc}", file=sys.stderr)
         return 1
 
-    app = create_app(engine, server_config(settings))
+    app = create_app(engine, settings.server_config())
     scheme = "wss" if settings.tls else "ws"
     log.info(
         "model %s loaded on %s; listening on %s://%s:%d/v1/websocket; %s",

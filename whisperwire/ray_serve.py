@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from .engine import count_prompt_tokens, load_warm_engine
 from .values import DecodeOptions, ModelInfo, Result
-from .server import create_app, server_config
+from .server import create_app
 from .settings import Settings, load_settings, usable_cores
 
 log = logging.getLogger("whisperwire.ray")
@@ -170,7 +170,7 @@ class Ingress:
             )
         description = await recognizer.describe.remote()
         engine = RemoteEngine(recognizer, description, settings.retry_timeout)
-        self._app = create_app(engine, server_config(settings, inference_workers=settings.inference_workers))
+        self._app = create_app(engine, settings.server_config(inference_workers=settings.inference_workers))
         if drain_signal := args.get("drain_signal"):
             self._drain_watch = asyncio.create_task(self._drain_when_signalled(drain_signal))
 

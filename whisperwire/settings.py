@@ -18,11 +18,13 @@ import argparse
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .config import ServerConfig
 from .protocol import SessionLimits
 
 ENV_PREFIX = "WHISPERWIRE_"
@@ -86,18 +88,18 @@ class Settings(BaseModel):
         SessionLimits.max_frame_bytes, "largest WebSocket message; a larger one closes with 1009"
     )
     send_buffer_bytes: Annotated[int, Field(ge=1024)] = _setting(
-        1024 * 1024,
+        ServerConfig.send_buffer_bytes,
         "messages waiting for a client that does not read: past this its partials are dropped, "
         "then it is closed with 1008",
     )
     drain_timeout: Annotated[float, Field(ge=0)] = _setting(
-        30.0, "seconds SIGTERM waits for sessions' finals before closing them anyway"
+        ServerConfig.drain_timeout_s, "seconds SIGTERM waits for sessions' finals before closing them anyway"
     )
     max_sessions: Annotated[int, Field(ge=0)] = _setting(
-        64, "refuse new streams (`server_busy`, 1013) at this many open sessions; 0: no limit"
+        ServerConfig.max_sessions, "refuse new streams (`server_busy`, 1013) at this many open sessions; 0: no limit"
     )
     max_queue_wait: Annotated[float, Field(ge=0)] = _setting(
-        3.0, "refuse new streams while a final has waited this many seconds for recognition; 0: no limit"
+        ServerConfig.max_queue_wait_s, "refuse new streams while a final has waited this many seconds for recognition; 0: no limit"
     )
     encoder_window: Literal["fit", "full"] = _setting(
         "full",
@@ -105,10 +107,10 @@ class Settings(BaseModel):
         "that holds the utterance (faster, but it can end an utterance's text early)",
     )
     draft_finals: bool = _setting(
-        True, "start recognising a final when the silence begins, not when its window has passed"
+        ServerConfig.draft_finals, "start recognising a final when the silence begins, not when its window has passed"
     )
     context_prompt: bool = _setting(
-        False,
+        ServerConfig.context_prompt,
         "give Whisper the text of the session's latest final after the client's `prompt` "
         "(off: it raised word error rates, BENCHMARKS.md)",
     )
@@ -154,6 +156,22 @@ class Settings(BaseModel):
             idle_timeout_s=self.idle_timeout,
             max_frame_bytes=self.max_frame_bytes,
         )
+
+    def server_config(self, **changes: Any) -> ServerConfig:
+        """The server's part of these settings (the rest pick the model and the socket)."""
+        config = ServerConfig(
+            api_keys=self.api_keys,
+            allowed_origins=self.allowed_origins,
+            limits=self.limits,
+            send_buffer_bytes=self.send_buffer_bytes,
+            drain_timeout_s=self.drain_timeout,
+            max_sessions=self.max_sessions or None,
+            max_queue_wait_s=self.max_queue_wait or None,
+            draft_finals=self.draft_finals,
+            context_prompt=self.context_prompt,
+        )
+        return replace(config, **changes)
+
 
     @property
     def tls(self) -> bool:
