@@ -245,7 +245,7 @@ async def test_a_client_that_does_not_read_loses_partials_first_then_is_closed_1
 
 
 def test_the_send_buffer_drops_the_oldest_partials_and_never_a_final() -> None:
-    from whisperwire.server import Outbox
+    from whisperwire.connection import Outbox
 
     async def scenario() -> None:
         outbox = Outbox(limit=100)
