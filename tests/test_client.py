@@ -20,18 +20,9 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Request, Response
 
-from whisperwire.client import (
-    AuthenticationError,
-    ConnectError,
-    ServerError,
-    SessionClosed,
-    add_stream_arguments,
-    connect,
-    decode_file,
-    format_message,
-    run_stream,
-    stream_file,
-)
+from whisperwire.audiofile import decode_file, stream_file
+from whisperwire.client import AuthenticationError, ConnectError, ServerError, SessionClosed, connect
+from whisperwire.console import add_stream_arguments, format_message, run_stream
 from whisperwire.protocol import (
     Control,
     ErrorCode,

@@ -15,7 +15,7 @@ import srt
 import webvtt
 
 from tests.streaming import word_error_rate
-from whisperwire.client import add_stream_arguments
+from whisperwire.console import add_stream_arguments
 from whisperwire.protocol import Segment, Transcription, WordTimestamp
 from whisperwire.subtitles import MAX_CUE_CHARS, SubtitleWriter, cues, timestamp
 

@@ -8,7 +8,7 @@ Stream audio you already have::
         async for message in stream:      # finals (and partials, if enabled) as they come
             print(message.transcript)
 
-Or a whole file, paced like a live source: ``await stream_file("talk.mp3", url)``.
+Or a whole file, paced like a live source: ``await audiofile.stream_file("talk.mp3", url)``.
 
 Messages and errors: iterating the stream yields ``protocol.Transcription`` messages only.
 Every error message from the server is raised as ``ServerError`` (``code``, ``message``,
@@ -21,22 +21,15 @@ a ``WhisperwireError``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import inspect
 import ipaddress
 import json
-import os
-import sys
-import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, TextIO, cast
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import av
 import pydantic
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
@@ -50,7 +43,7 @@ from whisperwire.protocol import (
     Metadata,
     Transcription,
 )
-from whisperwire.subtitles import SubtitleFormat, SubtitleWriter
+from whisperwire.values import SAMPLE_RATE
 
 __all__ = [
     "DEFAULT_URL",
@@ -61,11 +54,7 @@ __all__ = [
     "SessionClosed",
     "Stream",
     "WhisperwireError",
-    "add_stream_arguments",
     "connect",
-    "decode_file",
-    "run_stream",
-    "stream_file",
 ]
 
 DEFAULT_URL = "ws://127.0.0.1:8000/v1/websocket"
@@ -165,7 +154,7 @@ def _session_closed(code: int, reason: str) -> SessionClosed:
 # --------------------------------------------------------------------------- metadata
 
 
-def _metadata_payload(
+def metadata_payload(
     metadata: Mapping[str, Any] | Metadata | None, fields: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The metadata object to send: ``metadata`` as given, plus top-level ``fields``."""
@@ -181,14 +170,14 @@ def _metadata_payload(
     return payload
 
 
-def _declared_format(metadata: Mapping[str, Any]) -> tuple[str, int]:
+def declared_format(metadata: Mapping[str, Any]) -> tuple[str, int]:
     """The (encoding, sample_rate) a metadata object declares, in either schema."""
     params: dict[str, Any] = {}
     for section in ("streaming_whisper_params", "streaming_params"):
         value = metadata.get(section)
         if isinstance(value, Mapping):
             params.update(value)
-    return str(params.get("encoding", "pcm_s16le")), int(params.get("sample_rate", 16_000))
+    return str(params.get("encoding", "pcm_s16le")), int(params.get("sample_rate", SAMPLE_RATE))
 
 
 # --------------------------------------------------------------------------- the stream
@@ -370,7 +359,7 @@ class connect:  # lower case: used like a function, as websockets' own connect
     ) -> None:
         self.url = url
         self.api_key = api_key
-        self.metadata = _metadata_payload(metadata, metadata_fields)
+        self.metadata = metadata_payload(metadata, metadata_fields)
         self._metadata_text = json.dumps(self.metadata)  # fail before connecting, not after
         self.open_timeout = open_timeout
         self._stream: Stream | None = None
@@ -441,283 +430,3 @@ def _handshake_error(exc: InvalidStatus) -> HandshakeError:
     return HandshakeError(
         f"the server refused the connection (HTTP {status}){detail}", status_code=status
     )
-
-
-# --------------------------------------------------------------------------- files
-
-
-def decode_file(path: str | os.PathLike[str], sample_rate: int = 16_000) -> bytes:
-    """Decode any audio file PyAV can read to mono 16-bit little-endian PCM at ``sample_rate``."""
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
-    pcm = bytearray()
-    with av.open(os.fspath(path)) as container:
-        if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
-        for frame in container.decode(container.streams.audio[0]):
-            for converted in resampler.resample(frame):
-                pcm += converted.to_ndarray().tobytes()
-    # The resampler holds back a few samples until it is told the input has ended.
-    for converted in resampler.resample(None):
-        pcm += converted.to_ndarray().tobytes()
-    return bytes(pcm)
-
-
-async def stream_file(
-    path: str | os.PathLike[str],
-    url: str = DEFAULT_URL,
-    api_key: str | None = None,
-    metadata: Mapping[str, Any] | Metadata | None = None,
-    *,
-    speed: float = 1.0,
-    frame_ms: float = 20,
-    on_message: MessageCallback | None = None,
-) -> list[Transcription]:
-    """Transcribe a file as if it were a live source; return every message received.
-
-    The file is decoded to the sample rate the metadata declares (16 kHz by default), then sent
-    in ``frame_ms`` frames at ``speed`` times real time (0: as fast as possible) while messages
-    are received. At the end it sends terminate and waits for the server to close.
-    ``on_message`` (plain or async) is called with each message as it arrives. Server errors
-    are raised as described in the module docstring.
-    """
-    if speed < 0:
-        raise ValueError("speed must be >= 0")
-    if frame_ms <= 0:
-        raise ValueError("frame_ms must be > 0")
-    payload = _metadata_payload(metadata, {})
-    encoding, sample_rate = _declared_format(payload)
-    if encoding != "pcm_s16le":
-        raise ValueError(f"stream_file sends pcm_s16le; the metadata declares {encoding}")
-    pcm = await asyncio.to_thread(decode_file, path, sample_rate)
-
-    async with connect(url, api_key=api_key, metadata=payload) as stream:
-        sender = asyncio.create_task(_send_paced(stream, pcm, sample_rate, speed, frame_ms))
-        receiver = asyncio.create_task(_receive_all(stream, on_message))
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_EXCEPTION)
-            failure = sender.exception() if sender.done() else None
-            # SessionClosed while sending: the server ended the session, the receiver says why.
-            if failure is not None and not isinstance(failure, SessionClosed):
-                raise failure
-            return await receiver
-        finally:
-            for task in (sender, receiver):
-                task.cancel()
-            await asyncio.gather(sender, receiver, return_exceptions=True)
-
-
-async def _send_paced(
-    stream: Stream, pcm: bytes, sample_rate: int, speed: float, frame_ms: float
-) -> None:
-    bytes_per_second = sample_rate * 2
-    frame_bytes = max(2, round(bytes_per_second * frame_ms / 1000) // 2 * 2)
-    start = time.monotonic()
-    for offset in range(0, len(pcm), frame_bytes):
-        frame = pcm[offset : offset + frame_bytes]
-        if speed > 0:
-            # A live source delivers a frame once its last sample exists. Deadlines come from
-            # the clock, not from summed sleeps, so pacing does not drift.
-            due = start + (offset + len(frame)) / bytes_per_second / speed
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        else:
-            await asyncio.sleep(0)  # let the receiver run between frames
-        await stream.send(frame)
-    await stream.close()
-
-
-async def _receive_all(stream: Stream, on_message: MessageCallback | None) -> list[Transcription]:
-    messages: list[Transcription] = []
-    async for message in stream:
-        messages.append(message)
-        if on_message is not None:
-            result = on_message(message)
-            if inspect.isawaitable(result):
-                await result
-    return messages
-
-
-# --------------------------------------------------------------------------- command line
-
-OUTPUT_FORMATS = ("text", "jsonl", "srt", "vtt")
-
-
-def add_session_arguments(parser: argparse.ArgumentParser, *, partials: bool) -> None:
-    """The server and metadata options every client command has (``stream``, ``mic``)."""
-    parser.add_argument("--url", default=DEFAULT_URL, help=f"WebSocket endpoint [{DEFAULT_URL}]")
-    parser.add_argument(
-        "--api-key",
-        default=None,
-        metavar="KEY",
-        help=f"API key [environment variable {API_KEY_ENV}]",
-    )
-    parser.add_argument(
-        "--partials",
-        action=argparse.BooleanOptionalAction,
-        default=partials,
-        help=f"ask for partial transcripts [{'on' if partials else 'off'}]",
-    )
-    parser.add_argument(
-        "--partial-interval",
-        type=float,
-        metavar="S",
-        help="seconds of audio between partials (implies --partials) [server default 0.5]",
-    )
-    parser.add_argument(
-        "--language", metavar="CODE", help='language code, or "auto" to detect it [en]'
-    )
-    parser.add_argument("--word-timestamps", action="store_true", help="ask for word timings")
-
-
-def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``whisperwire stream``."""
-    parser.add_argument("file", type=Path, help="audio file in any format ffmpeg reads")
-    add_session_arguments(parser, partials=False)
-    pace = parser.add_mutually_exclusive_group()
-    pace.add_argument(
-        "--speed",
-        type=_non_negative,
-        default=1.0,
-        metavar="X",
-        help="pace as a multiple of real time; 0 sends as fast as possible [1]",
-    )
-    pace.add_argument(
-        "--realtime", dest="speed", action="store_const", const=1.0, help="same as --speed 1"
-    )
-    output = parser.add_mutually_exclusive_group()
-    output.add_argument(
-        "--format",
-        choices=OUTPUT_FORMATS,
-        default="text",
-        help="text lines, one JSON message per line, or SRT/WebVTT subtitles of the finals "
-        "(cut at word timings with --word-timestamps) [text]",
-    )
-    output.add_argument(
-        "--json", dest="format", action="store_const", const="jsonl", help="same as --format jsonl"
-    )
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
-
-
-def session_metadata(args: argparse.Namespace, sample_rate: int = 16_000) -> dict[str, Any]:
-    """The metadata the command-line options ask for, for s16le audio at ``sample_rate``."""
-    streaming: dict[str, Any] = {"encoding": "pcm_s16le", "sample_rate": sample_rate}
-    if args.partials or args.partial_interval is not None:
-        streaming["enable_partial_transcripts"] = True
-    if args.partial_interval is not None:
-        streaming["partial_transcript_interval_s"] = args.partial_interval
-    whisper: dict[str, Any] = {}
-    if args.language:
-        whisper["audio_language"] = args.language
-    if args.word_timestamps:
-        whisper["show_word_timestamps"] = True
-    metadata: dict[str, Any] = {"streaming_params": streaming}
-    if whisper:
-        metadata["whisper_params"] = whisper
-    return metadata
-
-
-def api_key_of(args: argparse.Namespace) -> str | None:
-    return args.api_key or os.environ.get(API_KEY_ENV) or None
-
-
-def message_tag(message: Transcription, *, details: bool = False) -> str:
-    """``[final 0.00-3.42]``; a detected language adds ``de 0.97``. ``details`` always shows
-    the language and adds the confidence: ``[final 0.00-3.42 en conf 0.91]``."""
-    tags = ["final" if message.is_final else "partial"]
-    if message.is_final and message.segments:
-        tags.append(f"{message.segments[0].start_time:.2f}-{message.segments[-1].end_time:.2f}")
-    if message.language_prob is not None:
-        tags.append(f"{message.language_code} {message.language_prob:.2f}")
-    elif details and message.language_code:
-        tags.append(message.language_code)
-    if details and message.is_final and message.confidence is not None:
-        tags.append(f"conf {message.confidence:.2f}")
-    return f"[{' '.join(tags)}]"
-
-
-def word_lines(message: Transcription) -> list[str]:
-    """One line per word of a final that carries word timestamps."""
-    if not message.is_final:
-        return []
-    return [
-        f"    {word.start_time:7.2f}-{word.end_time:.2f}  {word.word.strip()}  ({word.prob:.2f})"
-        for segment in message.segments
-        for word in segment.word_timestamps or ()
-    ]
-
-
-def format_message(message: Transcription, *, details: bool = False) -> str:
-    """A human-readable rendering: ``[partial] text`` or ``[final 0.00-3.42] text``, then the
-    words' timings when the final carries them."""
-    head = f"{message_tag(message, details=details)} {message.transcript.strip()}".rstrip()
-    return "\n".join([head, *word_lines(message)])
-
-
-def message_writer(
-    kind: str, out: TextIO, *, by_words: bool = False
-) -> Callable[[Transcription], None]:
-    """What ``stream --format KIND`` does with each message as it arrives."""
-    if kind in ("srt", "vtt"):
-        return SubtitleWriter(cast(SubtitleFormat, kind), out, by_words=by_words).write
-
-    def show(message: Transcription) -> None:
-        text = message.model_dump_json() if kind == "jsonl" else format_message(message)
-        print(text, file=out, flush=True)
-
-    return show
-
-
-def report_failure(exc: WhisperwireError, err: TextIO) -> int:
-    """Say on ``err`` why a session failed; return the exit status (2: never reached the
-    server, 1: the server refused or ended the session)."""
-    if isinstance(exc, ConnectError):
-        print(f"error: {exc} (is `whisperwire serve` running?)", file=err)
-        return 2
-    if isinstance(exc, ServerError):
-        field = f" [{exc.field}]" if exc.field else ""
-        print(f"error: server: {exc}{field}", file=err)
-    elif isinstance(exc, AuthenticationError):
-        print(f"error: {exc}; pass --api-key or set {API_KEY_ENV}", file=err)
-    else:
-        print(f"error: {exc}", file=err)
-    return 1
-
-
-def run_stream(args: argparse.Namespace) -> int:
-    """Run ``whisperwire stream``. Exit status: 0 done, 1 the server refused or failed the
-    session, 2 the session could not start (unreadable file, server unreachable)."""
-    out, err = sys.stdout, sys.stderr
-    path = Path(args.file)
-    if not path.is_file():
-        print(f"error: {path}: no such file", file=err)
-        return 2
-    try:
-        asyncio.run(
-            stream_file(
-                path,
-                args.url,
-                api_key_of(args),
-                session_metadata(args),
-                speed=args.speed,
-                on_message=message_writer(args.format, out, by_words=args.word_timestamps),
-            )
-        )
-    except WhisperwireError as exc:
-        if isinstance(exc, ServerError) and args.format == "jsonl":
-            error = {"code": exc.code, "message": exc.message, "field": exc.field}
-            print(json.dumps({"type": "error", "error": error}), file=out, flush=True)
-        return report_failure(exc, err)
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        # Decoding happens before connecting, so these are about the file.
-        print(f"error: cannot read {path}: {exc}", file=err)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 0

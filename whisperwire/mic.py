@@ -24,21 +24,11 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from .client import (
-    SessionClosed,
-    Stream,
-    WhisperwireError,
-    add_session_arguments,
-    api_key_of,
-    connect,
-    message_tag,
-    report_failure,
-    session_metadata,
-    word_lines,
-)
+from .client import SessionClosed, Stream, WhisperwireError, connect
+from .console import add_session_arguments, api_key_of, message_tag, report_failure, session_metadata, word_lines
 from .protocol import Transcription
+from .values import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 BLOCK_MS = 20
 
 
