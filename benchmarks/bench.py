@@ -1,4 +1,5 @@
-"""`whisperwire bench`: N live streams against a server, measured as a user would feel them.
+"""`whisperwire bench` (or `python benchmarks/bench.py`): N live streams against a server,
+measured as a user would feel them.
 
 For each N, a fresh server is started (so its CPU seconds and peak memory belong to that run)
 and N concurrent WebSocket streams play the manifest's clips at real-time pace, in frames of
@@ -44,9 +45,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-VAD_THRESHOLD = 0.5
-VAD_END_GAP = 0.15  # speech ends under threshold - 0.15 (PROTOCOL.md §3)
+from whisperwire.endpointer import NEG_THRESHOLD_GAP as VAD_END_GAP  # speech ends under threshold - 0.15
+from whisperwire.protocol import VADConfig
+from whisperwire.values import SAMPLE_RATE, WINDOW_SAMPLES
+
+VAD_THRESHOLD = VADConfig().threshold  # the protocol's default, which the streams keep
 DEFAULT_MANIFEST = Path("..") / "shared" / "audio" / "manifest.tsv"
 BEHIND_RISE_S = 0.5  # a stream whose latency rose this much from its first to last third fell behind
 PARTIAL_TARGET_GAP_S = 1.0
@@ -135,8 +138,6 @@ def build_programme(clips: Sequence[Clip], first: int, gap_s: float, seconds: fl
 
 def speech_regions(audio: np.ndarray, vad: Any, min_silence_ms: int) -> list[Region]:
     """The server's end-of-speech rule, applied to the whole stream at once (whole windows)."""
-    from whisperwire.vad import WINDOW_SAMPLES
-
     usable = len(audio) // WINDOW_SAMPLES * WINDOW_SAMPLES
     probs = vad.new_stream().probabilities(audio[:usable])
     min_silence = min_silence_ms * SAMPLE_RATE // 1000
@@ -776,7 +777,7 @@ def run_bench(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from whisperwire.client import decode_file
+    from whisperwire.audiofile import decode_file
     from whisperwire.vad import SileroVAD
 
     console = Console(stderr=True)
@@ -822,3 +823,16 @@ def run_bench(args: argparse.Namespace) -> int:
         plot(runs, summaries, args.plot)
     failed = any(s["errors"] for s in summaries)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="whisperwire bench",
+        description="Measure final latency, partial cadence, WER and capacity with N live streams (BENCHMARKS.md).",
+    )
+    add_bench_arguments(parser)
+    return run_bench(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

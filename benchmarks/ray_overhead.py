@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from whisperwire import bench
-from whisperwire.client import connect, decode_file
+import bench  # benchmarks/bench.py, beside this script
+from whisperwire.audiofile import decode_file
+from whisperwire.client import connect
 from whisperwire.vad import SileroVAD
+from whisperwire.values import SAMPLE_RATE
 
-SAMPLE_RATE = 16_000
 GAP = bytes(int(1.5 * SAMPLE_RATE) * 2)
 MIN_SILENCE_MS = 300
 DEPLOYMENTS = {"process": (), "ray": ("--ray",)}

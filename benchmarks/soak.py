@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from whisperwire.client import ServerError, SessionClosed, connect
+from whisperwire.values import SAMPLE_RATE as RATE
 
 AUDIO_DIR = Path(os.environ.get("WHISPERWIRE_AUDIO_DIR", Path(__file__).resolve().parents[2] / "shared" / "audio"))
 # Short English clips with a clear end: each is followed by enough silence to end its speech.
@@ -54,7 +55,6 @@ PLAYLIST = [
     "en_ljspeech_LJ001-0007.wav",
     "en_jfk_inaugural_11s.wav",
 ]
-RATE = 16_000
 FRAME_BYTES = RATE * 2 * 20 // 1000
 GAP_S = 2.0
 FINALS_WAIT_S = 300.0

@@ -45,8 +45,8 @@ from tests.conftest import AUDIO_DIR, read_wav, start_server  # noqa: E402
 from tests.streaming import s16le, stream  # noqa: E402
 from whisperwire.engine import DecodeOptions, WhisperEngine, load_engine  # noqa: E402
 from whisperwire.vad import SileroVAD  # noqa: E402
+from whisperwire.values import SAMPLE_RATE as RATE  # noqa: E402
 
-RATE = 16_000
 _normalise = EnglishTextNormalizer()
 
 
