@@ -163,5 +163,15 @@ async def _collect(ws: ClientConnection, received: Received, started: float) -> 
         pass
 
 
+async def until(condition: Callable[[], bool], what: str, limit_s: float = 60.0) -> None:
+    """Wait for a state of the server, not for an amount of time; ``limit_s`` only bounds a hang."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"never happened: {what}")
+        await asyncio.sleep(0.01)
+
+
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z0-9']+", _normalise(text))

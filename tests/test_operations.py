@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import read_wav, start_server
-from tests.streaming import converse, s16le, stream, word_error_rate
+from tests.streaming import converse, s16le, stream, until, word_error_rate
 from tests.test_cli import free_port, whisperwire
 from tests.test_faults import metric, scrape
 
@@ -39,15 +39,17 @@ async def test_metrics_count_what_the_server_did(engine, vad, clips) -> None:
     audio = read_wav(clip.path)
     with start_server(engine, vad, api_keys=("k",), allowed_origins=("https://ok.example",)) as running:
         http, auth = running.http, {"Authorization": "Api-Key k"}
+        connections = running.app.state.whisperwire.connections
         async with connect(running.url, additional_headers=auth) as ws:
             await ws.send("{}")
-            await asyncio.sleep(0.3)
+            # Registered before the handshake is accepted, so open once connect() returns.
             assert metric(http, "whisperwire_active_sessions") == 1
         received = await stream(running.url, {}, s16le(audio), headers=auth)
         await converse(running.url, ['{"bogus": 1}'], headers=auth)
         for headers in ({}, {"Authorization": "Api-Key nope"}, {**auth, "Origin": "https://evil.example"}):
             with pytest.raises(InvalidStatus):
                 await converse(running.url, ["{}"], headers=headers)
+        await until(lambda: not connections, "every session has ended on the server")
         values = scrape(http)
 
     def value(name: str, **labels: str) -> float:

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import read_wav, start_server
-from tests.streaming import alaw, mulaw, resample, s16le, stream, word_error_rate, words
+from tests.streaming import alaw, mulaw, resample, s16le, stream, until, word_error_rate, words
 
 # Offline faster-whisper tiny.en on whole clips (benchmarks/offline_wer.py): JFK 0/22 words
 # wrong, LibriSpeech 1221-135766-0001 2/48. Streaming recognises each utterance alone; a clip
@@ -337,8 +337,9 @@ async def test_german_with_auto_on_base_is_detected(base_engine, vad, clips) -> 
 async def test_a_stream_over_the_session_limit_gets_server_busy_and_1013(engine, vad, clips) -> None:
     audio = s16le(np.concatenate([read_wav(clips["en_timit_LDC93S1.wav"].path), SILENCE]))
     with start_server(engine, vad, max_sessions=1) as limited:
+        connections = limited.app.state.whisperwire.connections
         first = asyncio.create_task(stream(limited.url, {}, audio, speed=1.0))
-        await asyncio.sleep(1.0)  # the first session is open and streaming
+        await until(lambda: len(connections) == 1, "the first session is open")
         refused = await stream(limited.url, {}, audio)
         [error] = refused.errors
         assert error["error"]["code"] == "server_busy" and error["error"]["field"] is None
@@ -346,21 +347,23 @@ async def test_a_stream_over_the_session_limit_gets_server_busy_and_1013(engine,
         assert refused.close_code == 1013 and refused.finals == []
         served = await first
         assert served.close_code == 1000 and word_error_rate(clips["en_timit_LDC93S1.wav"].reference, served.text) <= 0.25
+        await until(lambda: not connections, "the first session is gone")
         again = await stream(limited.url, {}, audio)  # the slot is free again
         assert again.close_code == 1000 and len(again.finals) == 1
 
 
 async def test_a_stream_is_refused_while_finals_wait_past_the_load_limit(engine, vad) -> None:
-    from whisperwire.engine import DecodeOptions
-    from whisperwire.session import InferenceRequest
+    from whisperwire.values import DecodeOptions, InferenceRequest
 
     with start_server(engine, vad, max_queue_wait_s=0.1) as loaded:
         state = loaded.app.state.whisperwire
+        now = [1000.0]
+        state.scheduler.clock = lambda: now[0]  # the queue's waits move only when the test says
         await asyncio.to_thread(state.scheduler.stop)  # nothing runs: the final below waits
         waiting = InferenceRequest("stuck", "final", 0, np.zeros(16_000, np.float32), 0.0, DecodeOptions(language="en"))
         state.scheduler.submit(waiting)
         assert (await stream(loaded.url, {}, s16le(SILENCE))).close_code == 1000  # not waited long yet
-        await asyncio.sleep(0.2)
+        now[0] += 0.2
         refused = await stream(loaded.url, {}, s16le(SILENCE))
         assert [e["error"]["code"] for e in refused.errors] == ["server_busy"]
         assert "finals are waiting" in refused.errors[0]["error"]["message"] and refused.close_code == 1013

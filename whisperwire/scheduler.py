@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from . import guards
 from .values import SAMPLE_RATE, Engine, InferenceRequest, Result
@@ -36,7 +36,7 @@ class Superseded(Exception):
 class _Job:
     request: InferenceRequest
     futures: list[tuple[asyncio.Future[Result], asyncio.AbstractEventLoop]]
-    queued_at: float = field(default_factory=time.monotonic)
+    queued_at: float
     final: bool = False  # a final, or a draft a final took over
     other: bool = False  # taken from the drafts and partials: holds its session's one slot
 
@@ -62,12 +62,17 @@ class SchedulerLoad:
 
 class Scheduler:
     def __init__(
-        self, engine: Engine, on_inference: Callable[[str, float], None] | None = None, workers: int = 1
+        self,
+        engine: Engine,
+        on_inference: Callable[[str, float], None] | None = None,
+        workers: int = 1,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.engine = engine
         self.workers = workers
+        self.clock = clock  # what queue waits are measured with (tests move it by hand)
         # Told (kind, seconds) after every engine call, on the worker thread: the metrics.
         self._on_inference = on_inference
         self.stats = SchedulerStats()
@@ -106,7 +111,7 @@ class Scheduler:
         future: asyncio.Future[Result] = loop.create_future()
         with self._ready:
             if request.before_final:  # a partial owed before its final: in the finals' queue
-                self._finals.append(_Job(request, [(future, loop)]))
+                self._finals.append(_Job(request, [(future, loop)], self.clock()))
             elif request.kind == "final":
                 self._submit_final(request, future, loop)
             else:
@@ -133,12 +138,12 @@ class Scheduler:
             return
         # The final covers a waiting partial's audio: that partial would be dropped anyway.
         self._drop_other(request.session_id)
-        self._finals.append(_Job(request, [(future, loop)], final=True))
+        self._finals.append(_Job(request, [(future, loop)], self.clock(), final=True))
 
     def _submit_other(
         self, request: InferenceRequest, future: asyncio.Future[Result], loop: asyncio.AbstractEventLoop
     ) -> None:
-        job = _Job(request, [(future, loop)])
+        job = _Job(request, [(future, loop)], self.clock())
         older = self._others.get(request.session_id)
         if older is not None:
             job.queued_at = older.queued_at
@@ -168,7 +173,7 @@ class Scheduler:
 
     def load(self) -> SchedulerLoad:
         with self._ready:
-            oldest = time.monotonic() - self._finals[0].queued_at if self._finals else 0.0
+            oldest = self.clock() - self._finals[0].queued_at if self._finals else 0.0
             return SchedulerLoad(
                 finals_waiting=len(self._finals),
                 others_waiting=len(self._others),
@@ -229,7 +234,7 @@ class Scheduler:
             if all(future.cancelled() for future, _ in job.futures):
                 self._finish(job, _set_exception, Superseded())
                 continue
-            began = time.monotonic()
+            began, waited = time.monotonic(), self.clock() - job.queued_at
             try:
                 result = self._run(job.request)
             except Exception as exc:  # reported to the session, which closes with 1011
@@ -244,7 +249,7 @@ class Scheduler:
             log.debug(
                 "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s",
                 job.request.kind, job.request.session_id, job.request.transcription_num,
-                len(job.request.audio) / SAMPLE_RATE, began - job.queued_at, ran,
+                len(job.request.audio) / SAMPLE_RATE, waited, ran,
             )
             self._count(job)
             self._finish(job, _set_result, result)
