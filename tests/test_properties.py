@@ -34,7 +34,7 @@ from whisperwire.protocol import (
     parse_control,
     parse_metadata,
 )
-from whisperwire.session import CloseConnection, InferenceRequest, RunInference, SendMessage, Session, State
+from whisperwire.session import CancelInference, CloseConnection, InferenceRequest, RunInference, SendMessage, Session, State
 
 PROPERTY = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -294,6 +294,8 @@ class Client:
                 self.closed, self.close_code = True, int(event.code)
             elif isinstance(event, RunInference):
                 asked.append(event.request)
+            elif isinstance(event, CancelInference):
+                pass  # a withdrawn draft may have run already: its result can still come
             else:
                 assert isinstance(event, SendMessage)
                 self._message(event.message)
@@ -314,9 +316,18 @@ class Client:
 
 
 @settings(max_examples=40, deadline=None, database=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(frames, max_size=40), st.lists(st.sampled_from(["", "words", "more words"]), min_size=1, max_size=5))
-def _fuzz_session(vad, steps: list[tuple[str, Any]], texts: list[str]) -> None:
-    session = Session("fuzz", model=ENGLISH, count_tokens=lambda t: len(t.split()), new_vad=vad.new_stream)
+@given(
+    st.lists(frames, max_size=40),
+    st.lists(st.sampled_from(["", "words", "more words"]), min_size=1, max_size=5),
+    st.booleans(),
+    st.integers(1, 4),
+    st.booleans(),
+)
+def _fuzz_session(vad, steps: list[tuple[str, Any]], texts: list[str], drafts: bool, vad_batch: int, context: bool) -> None:
+    session = Session(
+        "fuzz", model=ENGLISH, count_tokens=lambda t: len(t.split()), new_vad=vad.new_stream,
+        draft_finals=drafts, vad_batch=vad_batch, context_prompt=context,
+    )
     client, now, pending = Client(), 0.0, []
     for kind, value in steps:
         if kind == "text":
