@@ -59,3 +59,6 @@ def test_no_import_circle() -> None:
 
     circles = [c for name in graph if (c := circle_from(name, [name]))]
     assert circles == [], circles
+def test_no_module_over_450_lines() -> None:
+    long = {p.name: n for p in PACKAGE.glob("*.py") if (n := len(p.read_text().splitlines())) > 450}
+    assert long == {}, long
