@@ -121,9 +121,8 @@ class Session:
         self._vad_pos = 0  # absolute index of the next window to classify
         self._draft: _Draft | None = None
         self._finals = FinalsQueue()
-        self._now = now
         self._first_audio_at: float | None = None
-        self._last_partial: Due | None = None  # the latest partial asked for
+        self._last_partial: InferenceRequest | None = None  # the latest partial asked for
 
     @property
     def metadata(self) -> Metadata | None:
@@ -153,7 +152,7 @@ class Session:
             return []
         if (oversized := self._check_frame_size(len(data))) is not None:
             return oversized
-        self._last_frame_at = self._now = now
+        self._last_frame_at = now
         if self._first_audio_at is None:
             self._first_audio_at = now
         assert self._stream is not None
@@ -292,8 +291,8 @@ class Session:
             if not isinstance(boundary, Due):
                 events += self._drop_draft()
             elif boundary.kind == "partial":
-                self._last_partial = boundary
-                events.append(RunInference(self._request(boundary)))
+                self._last_partial = self._request(boundary)
+                events.append(RunInference(self._last_partial))
             elif boundary.kind == "draft":
                 self._draft = _Draft(self._request(boundary), boundary.end)
                 events.append(RunInference(self._draft.request))
@@ -329,13 +328,13 @@ class Session:
         reaches the VAD in large batches, so an utterance ends before any of its partials is
         back, and they would all be dropped. Its latest partial is then owed before its final."""
         partial, self._last_partial = self._last_partial, None
-        if partial is None or partial.num != due.num or self._finals.owes_final(due.num):
+        if partial is None or partial.transcription_num != due.num or self._finals.owes_final(due.num):
             return None
         assert self._first_audio_at is not None  # a partial was due: audio came
         received_s = self._buffer.end / SAMPLE_RATE
-        if received_s <= FASTER_THAN_REAL_TIME * (self._now - self._first_audio_at) + REAL_TIME_SLACK_S:
+        if received_s <= FASTER_THAN_REAL_TIME * (self._last_frame_at - self._first_audio_at) + REAL_TIME_SLACK_S:
             return None  # a real-time stream: under load, partials are skipped, finals are not
-        return replace(self._request(partial), before_final=True)
+        return replace(partial, before_final=True)  # the same audio, not copied again; a new id
 
     def _drop_draft(self) -> list[Event]:
         draft, self._draft = self._draft, None
