@@ -14,6 +14,9 @@ speak in step. Measured:
   speech goes on;
 - WER against the manifest's references (Whisper's English normaliser), streaming (finals of
   each clip joined) and offline (each whole clip decoded once, 30 s windows, same model);
+- reference words the finals lack, and of those the ones at an utterance's edge: within 1 s of
+  a final's start or end or of a stretch of speech the VAD marks, the reference words being
+  dated by aligning them with the offline decode's word times;
 - the server's CPU seconds and peak resident memory, streams that fell behind (final latency
   rising through the run), finals missing, duplicated or out of order.
 
@@ -345,6 +348,7 @@ class UtteranceScore:
 class StreamScore:
     utterances: list[UtteranceScore]
     hypotheses: dict[int, str]  # placed clip index -> finals joined
+    edges: dict[int, list[float]] = field(default_factory=dict)  # clip index -> its finals' start and end, s into the clip
     finals: int = 0
     partials: int = 0
     duplicated: int = 0
@@ -422,6 +426,8 @@ def score_stream(programme: Programme, log: StreamLog, partials_expected: bool, 
         clip = _nearest(seen.spans, clips)
         if clip is not None and seen.text.strip():
             score.hypotheses[clip] = (score.hypotheses.get(clip, "") + " " + seen.text.strip()).strip()
+            begins = clips[clip][0]
+            score.edges.setdefault(clip, []).extend([seen.spans[0][0] - begins, seen.spans[-1][1] - begins])
     latencies = [u.final_latency_s for u in score.utterances if u.final_latency_s is not None]
     third = len(latencies) // 3
     if third >= 2:
@@ -569,11 +575,72 @@ class RunResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
 
-def summarise(run: RunResult, offline: dict[str, str] | None) -> dict[str, Any]:
+# A reference word is deleted at an utterance's edge when it is aligned to no hypothesis word and
+# lies this close to the start or end of a final, or of a stretch of speech the VAD marks.
+EDGE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Offline:
+    """A clip decoded whole by faster-whisper: its text, and its normalised words' times."""
+
+    text: str
+    words: list[tuple[str, float]]  # (normalised word, middle of the word, s into the clip)
+
+
+def reference_times(reference: str, offline: Offline) -> list[float]:
+    """When each normalised reference word was spoken: the time of the offline word it aligns
+    with; words offline Whisper missed are spread evenly between their neighbours."""
+    import jiwer
+
+    ref = normaliser()(reference).split()
+    times: list[float | None] = [None] * len(ref)
+    if ref and offline.words:
+        hyp = " ".join(w for w, _ in offline.words)
+        for chunk in jiwer.process_words(" ".join(ref), hyp).alignments[0]:
+            if chunk.type in ("equal", "substitute"):
+                for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
+                    times[chunk.ref_start_idx + k] = offline.words[chunk.hyp_start_idx + k][1]
+    known = [(i, t) for i, t in enumerate(times) if t is not None]
+    if not known:
+        return [0.0] * len(ref)
+    return [float(np.interp(i, [k for k, _ in known], [t for _, t in known])) for i in range(len(ref))]
+
+
+def edge_deletions(reference: str, hypothesis: str, offline: Offline, edges: list[float]) -> tuple[int, int]:
+    """(reference words the hypothesis lacks, those of them within EDGE_S of an edge)."""
+    import jiwer
+
+    normalise = normaliser()
+    ref, hyp = normalise(reference).split(), normalise(hypothesis).split()
+    if not ref:
+        return 0, 0
+    if not hyp:
+        deleted = list(range(len(ref)))
+    else:
+        chunks = jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]
+        deleted = [i for c in chunks if c.type == "delete" for i in range(c.ref_start_idx, c.ref_end_idx)]
+    times = reference_times(reference, offline)
+    at_edge = sum(1 for i in deleted if any(abs(times[i] - e) <= EDGE_S for e in edges))
+    return len(deleted), at_edge
+
+
+def clip_edges(score: StreamScore, programme: Programme, index: int) -> list[float]:
+    """The clip's utterance edges in seconds into it: its finals' and the VAD's speech stretches'."""
+    placed = programme.placed[index]
+    edges = list(score.edges.get(index, []))
+    for region in programme.regions:
+        if placed.start <= region.start < placed.end:
+            edges += [(region.start - placed.start) / SAMPLE_RATE, (region.end - placed.start) / SAMPLE_RATE]
+    return edges
+
+
+def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, Any]:
     admitted = [s for s in run.stream_scores if s.refused is None]
     utterances = [u for s in admitted for u in s.utterances]
     latencies = [u.final_latency_s for u in utterances if u.final_latency_s is not None]
     refs, hyps, offline_hyps = [], [], []
+    deletions = at_edges = 0
     for score, programme in zip(run.stream_scores, run.programmes):
         if score.refused is not None or score.error is not None:
             continue
@@ -581,7 +648,10 @@ def summarise(run: RunResult, offline: dict[str, str] | None) -> dict[str, Any]:
             refs.append(placed.clip.reference)
             hyps.append(score.hypotheses.get(index, ""))
             if offline is not None:
-                offline_hyps.append(offline.get(placed.clip.file, ""))
+                found = offline[placed.clip.file]
+                offline_hyps.append(found.text)
+                deleted, edge = edge_deletions(refs[-1], hyps[-1], found, clip_edges(score, programme, index))
+                deletions, at_edges = deletions + deleted, at_edges + edge
     long_utterances = [u for u in utterances if u.longest_partial_wait_s is not None]
     return {
         "system": run.system,
@@ -599,6 +669,8 @@ def summarise(run: RunResult, offline: dict[str, str] | None) -> dict[str, Any]:
         ),
         "wer_streaming": word_error_rate(refs, hyps) if refs else None,
         "wer_offline": word_error_rate(refs, offline_hyps) if offline_hyps else None,
+        "deletions": deletions if offline is not None else None,
+        "edge_deletions": at_edges if offline is not None else None,
         "fell_behind": sum(s.fell_behind for s in admitted),
         "duplicated_finals": sum(s.duplicated for s in admitted),
         "out_of_order_finals": sum(s.out_of_order for s in admitted),
@@ -673,13 +745,25 @@ def _metadata(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarray]) -> dict[str, str]:
-    """Each whole clip decoded once by faster-whisper, with full 30 s windows: the ceiling."""
+def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarray]) -> dict[str, Offline]:
+    """Each whole clip decoded once by faster-whisper, with full 30 s windows: the ceiling. Its
+    word times date the reference words for the edge deletions."""
     from whisperwire.engine import DecodeOptions, load_engine
 
     engine = load_engine(model, fit_window=False)
-    options = DecodeOptions(language="en")
-    return {c.file: engine.transcribe(audio[c.file].astype(np.float32) / 32768, options).text for c in clips}
+    options = DecodeOptions(language="en", word_timestamps=True)
+    normalise = normaliser()
+    found: dict[str, Offline] = {}
+    for clip in clips:
+        result = engine.transcribe(audio[clip.file].astype(np.float32) / 32768, options)
+        words = [
+            (token, (w.start + w.end) / 2)
+            for segment in result.segments
+            for w in segment.words or ()
+            for token in normalise(w.word).split()
+        ]
+        found[clip.file] = Offline(result.text, words)
+    return found
 
 
 # --------------------------------------------------------------------------- reporting
@@ -691,7 +775,7 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
     table = Table(title="whisperwire bench", show_lines=False)
     columns = [
         "system", "N", "refused", "final p50", "final p95", "final max", "no final", "1st partial p50",
-        "partial wait p95", "WER stream", "WER offline", "behind", "dup/order", "CPU cores", "peak RSS MB",
+        "partial wait p95", "WER stream", "WER offline", "deleted (at edges)", "behind", "dup/order", "CPU cores", "peak RSS MB",
     ]
     for column in columns:
         table.add_column(column, justify="right")
@@ -700,7 +784,8 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
         table.add_row(
             s["system"], str(s["streams"]), str(s["refused"]), _fmt(fl["p50"]), _fmt(fl["p95"]), _fmt(fl["max"]),
             str(s["speech_without_final"]), _fmt(fp["p50"]), _fmt(pw["p95"]), _fmt(s["wer_streaming"], "{:.1%}"),
-            _fmt(s["wer_offline"], "{:.1%}"), str(s["fell_behind"]),
+            _fmt(s["wer_offline"], "{:.1%}"),
+            "-" if s["deletions"] is None else f"{s['deletions']} ({s['edge_deletions']})", str(s["fell_behind"]),
             f"{s['duplicated_finals']}/{s['out_of_order_finals']}", _fmt(s["server_cores"]), _fmt(s["server_peak_rss_mb"], "{:.0f}"),
         )
     console.print(table)
