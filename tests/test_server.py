@@ -142,6 +142,23 @@ async def test_finalize_flushes_buffered_speech_and_the_session_goes_on(server, 
     assert received.close_code == 1000
 
 
+async def test_audio_that_stops_gets_its_final_without_finalize_then_the_idle_close(server, clips) -> None:
+    from whisperwire.protocol import SessionLimits
+
+    # A framework client ends its turn by no longer sending: no trailing silence, no control.
+    clip = clips["en_timit_LDC93S1.wav"]
+    audio = s16le(read_wav(clip.path)[: int(2.4 * 16_000)])
+    with server.sibling(limits=SessionLimits(idle_timeout_s=3.0)) as short_idle:
+        received = await stream(short_idle.url, {}, audio, speed=1.0, end=None)
+    [final] = received.finals
+    assert {"greasy", "wash", "water"} <= set(words(final["transcript"])), final
+    # The final came from the stall, seconds before the idle timeout closed the stream.
+    [error] = received.errors
+    assert error["error"]["code"] == "idle_timeout" and "terminate_session" in error["error"]["message"]
+    assert received.messages.index(final) < received.messages.index(error)
+    assert received.close_code == 1008
+
+
 async def test_terminate_flushes_buffered_speech_then_closes_1000(server, clips) -> None:
     clip = clips["en_new_home_in_the_stars.wav"]
     received = await stream(server.url, {"streaming_vad_config": {"min_silence_duration_ms": 5000}}, s16le(read_wav(clip.path)), end='{"type": "terminate"}')

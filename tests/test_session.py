@@ -13,6 +13,8 @@ import pytest
 
 from whisperwire.engine import ModelInfo, Result, SegmentResult, Word
 from whisperwire.protocol import CloseCode, ErrorCode, ErrorMessage, SessionLimits, Transcription
+from whisperwire.endpointer import COVERAGE_LOOKBACK_S
+from whisperwire.context import LEFT_CONTEXT_S
 from whisperwire.session import (
     CancelInference,
     CloseConnection,
@@ -77,6 +79,16 @@ def feed(session: Session, audio: np.ndarray, frame_ms: int = 20) -> list:
 def requests(events: list, kind: str | None = None) -> list[InferenceRequest]:
     found = [e.request for e in events if isinstance(e, RunInference)]
     return [r for r in found if kind is None or r.kind == kind]
+
+
+def own_audio(request: InferenceRequest) -> np.ndarray:
+    """A request's audio without its left context (context.py): the utterance's own."""
+    return request.audio[round(request.context_s * RATE) :]
+
+
+def start_s(request: InferenceRequest) -> float:
+    """Where a request's own audio starts, from the stream's start."""
+    return request.offset_s + request.context_s
 
 
 def messages(events: list) -> list:
@@ -182,6 +194,34 @@ def test_a_frame_over_the_limit_closes_with_1009() -> None:
     assert closes(events)[0].code == CloseCode.MESSAGE_TOO_BIG
 
 
+def test_audio_that_stops_mid_utterance_is_silence_after_the_silence_window() -> None:
+    # A framework client that stops sending at the end of a turn (no trailing silence, no
+    # finalize) gets its final once the audio has not come for the silence window.
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 300})
+    assert requests(feed_in_real_time(session, speech(1.0), start=10.0)) == []
+    last = 10.0 + 0.98  # the last 20 ms frame arrived then; its audio ends 20 ms later
+    assert session.deadline() == pytest.approx(last + 0.02 + 0.3)
+    assert session.timeout(last + 0.3) == []
+    [final] = requests(session.timeout(last + 0.33))
+    assert final.kind == "final" and final.transcription_num == 0
+    assert final.offset_s + len(final.audio) / RATE == pytest.approx(1.0)  # all the audio sent
+    # Nothing is open now: the next deadline is the idle timeout, and the stream goes on.
+    assert session.deadline() == pytest.approx(last + 60.0)
+    [second] = requests(feed_in_real_time(session, np.concatenate([speech(1.0), silence(0.5)]), start=12.0))
+    assert second.transcription_num == 1
+
+
+def test_a_client_sending_one_second_chunks_is_not_stalled_between_them() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 300})
+    audio = speech(3.0)
+    for n in range(3):
+        session.receive_bytes(pcm(audio[n * RATE : (n + 1) * RATE]), now=float(n))
+        assert session.deadline() == pytest.approx(n + 1.0 + 0.3)  # its audio plays until n + 1
+        assert requests(session.timeout(n + 1.0)) == []  # the next chunk is due, not late
+    [final] = requests(session.timeout(3.3))
+    assert final.offset_s + len(final.audio) / RATE == pytest.approx(3.0)
+
+
 def test_nan_in_float_audio_is_invalid_audio() -> None:
     session = make_session(streaming_params={"encoding": "pcm_f32le"})
     events = session.receive_bytes(np.array([0.1, np.nan], dtype="<f4").tobytes(), now=0.0)
@@ -192,14 +232,18 @@ def test_nan_in_float_audio_is_invalid_audio() -> None:
 # --------------------------------------------------------------------------- utterances
 
 
-def test_speech_then_silence_asks_for_one_final_of_exactly_the_padded_speech() -> None:
+def test_speech_then_silence_asks_for_one_final_from_the_look_back_to_the_padded_end() -> None:
     session = make_session(streaming_vad_config={"min_silence_duration_ms": 300, "speech_pad_ms": 30})
-    events = feed(session, np.concatenate([silence(1.024), speech(2.048), silence(1.0)]))
+    lead = COVERAGE_LOOKBACK_S + 2.016  # a whole number of VAD windows
+    events = feed(session, np.concatenate([silence(lead), speech(2.048), silence(1.0)]))
     [final] = requests(events)
     assert final.kind == "final" and final.transcription_num == 0
+    # Whisper hears COVERAGE_LOOKBACK_S before the speech the VAD found, and the pad after it.
     pad = 30 * RATE // 1000
-    assert final.offset_s == pytest.approx((1.024 * RATE - pad) / RATE)
-    assert len(final.audio) == 2.048 * RATE + 2 * pad
+    assert start_s(final) == pytest.approx(lead - COVERAGE_LOOKBACK_S)
+    assert len(own_audio(final)) == (COVERAGE_LOOKBACK_S + 2.048) * RATE + pad
+    # Before it, what the stream holds of the audio before the utterance, as left context.
+    assert final.offset_s == pytest.approx(max(0.0, lead - COVERAGE_LOOKBACK_S - LEFT_CONTEXT_S))
     # The final is asked for once the silence window has passed, not before.
     early = make_session()
     assert requests(feed(early, np.concatenate([speech(1.0), silence(0.25)]))) == []
@@ -210,7 +254,7 @@ def test_utterances_separated_by_silence_are_numbered_and_do_not_overlap() -> No
     audio = np.concatenate([speech(1.0), silence(0.5), speech(1.0), silence(0.5), speech(1.0), silence(1.0)])
     finals = requests(feed(session, audio))
     assert [r.transcription_num for r in finals] == [0, 1, 2]
-    spans = [(r.offset_s, r.offset_s + len(r.audio) / RATE) for r in finals]
+    spans = [(start_s(r), r.offset_s + len(r.audio) / RATE) for r in finals]
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert start >= end
     for span, expected_start in zip(spans, (0.0, 1.5, 3.0)):
@@ -239,10 +283,11 @@ def test_final_results_are_sent_in_order_and_empty_ones_skipped() -> None:
 def test_message_times_are_seconds_from_stream_start() -> None:
     session = make_session(whisper_params={"show_word_timestamps": True})
     [final] = requests(feed(session, np.concatenate([silence(2.0), speech(1.0), silence(0.5)])))
-    [message] = messages(session.inference_done(final, result("hello there", start=0.1, end=0.9, words=True)))
+    tone = 2.0 - final.offset_s  # the audio starts before the tone: the look-back
+    [message] = messages(session.inference_done(final, result("hello there", start=tone + 0.1, end=tone + 0.9, words=True)))
     segment = message.segments[0]
-    assert segment.start_time == pytest.approx(final.offset_s + 0.1, abs=1e-3)
-    # Whisper ended the last word 0.9 s into the utterance; the VAD heard speech until 3.0 s of
+    assert segment.start_time == pytest.approx(2.1, abs=1e-3)
+    # Whisper ended the last word 0.9 s into the tone; the VAD heard speech until 3.0 s of
     # the stream (the first window wholly after the tone starts at 3.008 s).
     speech_end = final.offset_s + (final.speech_end_s or 0.0)
     assert speech_end == pytest.approx(3.0, abs=0.04)
@@ -333,7 +378,9 @@ def test_context_prompt_carries_the_previous_final_after_the_users_prompt() -> N
     assert [m.transcript for m in messages(events)] == ["ask not"]
     [fourth] = requests(events)
     assert (fourth.transcription_num, fourth.options.context) == (3, "ask not")
-    assert 0.5 * RATE <= len(fourth.audio) <= 0.7 * RATE  # its audio was kept while it waited
+    # Its audio, from where the third's ended, was kept while it waited.
+    assert start_s(fourth) == pytest.approx(third.offset_s + len(third.audio) / RATE)
+    assert len(own_audio(fourth)) >= 0.5 * RATE
 
 
 # --------------------------------------------------------------------------- partials
@@ -425,8 +472,10 @@ def test_forty_seconds_of_speech_give_a_final_at_the_limit_and_one_after() -> No
     [second] = requests(events)
     assert second.transcription_num == 1
     # The next utterance starts exactly at the cut: together they are the audio, each sample once.
-    assert second.offset_s == pytest.approx(len(first.audio) / RATE)
-    np.testing.assert_array_equal(np.concatenate([first.audio, second.audio]), pcm_rounded(audio))
+    assert start_s(second) == pytest.approx(len(first.audio) / RATE)
+    np.testing.assert_array_equal(np.concatenate([first.audio, own_audio(second)]), pcm_rounded(audio))
+    # The second hears as much of the first as fits Whisper's window with it, up to 8 s.
+    assert second.context_s == pytest.approx(min(LEFT_CONTEXT_S, 30.0 - len(own_audio(second)) / RATE), abs=1e-3)
 
 
 def test_the_cut_goes_to_a_pause_not_to_one_quiet_window_inside_a_word() -> None:
@@ -451,7 +500,7 @@ def test_max_duration_setting_is_honoured() -> None:
     session = make_session(streaming_params={"final_transcript_max_duration_s": 5})
     finals = requests(feed(session, speech(12.0)))
     assert len(finals) == 2
-    assert all(3.0 <= len(f.audio) / RATE <= 5.0 for f in finals)
+    assert all(3.0 <= len(own_audio(f)) / RATE <= 5.0 for f in finals)
 
 
 def test_finalize_ends_the_utterance_now_and_the_session_goes_on() -> None:

@@ -23,6 +23,12 @@ NEG_THRESHOLD_GAP = 0.15
 # far under the threshold those windows may be.
 ONSET_LOOKBACK_WINDOWS = 16
 ONSET_GAP = 0.3
+# Coverage: the VAD says when a recognition is due, not which audio Whisper hears. An utterance's
+# audio starts where the previous one's ended, or this long before the window that crossed the
+# threshold when the previous end is further back (an hour of silence is not re-encoded).
+# Telephone-band and soft speech is often scored 0.1-0.4 for a second or two before it crosses;
+# Whisper's no-speech rules (guards.py), not the VAD, decide that such a stretch held no words.
+COVERAGE_LOOKBACK_S = 8.0
 # A cut forced by final_transcript_max_duration_s looks this far back for the quietest point.
 CUT_SEARCH_S = 2.0
 # A point's quietness is the mean probability of the windows this far (in windows) either side
@@ -39,6 +45,7 @@ class EndpointSettings:
     max_samples: int  # an utterance's length limit
     partial_interval: int | None  # samples of audio between partials; None: no partials
     drafts: bool = False  # say when a final's audio is known, before the silence window is over
+    lookback: int = round(COVERAGE_LOOKBACK_S * SAMPLE_RATE)  # samples before the trigger an utterance may start
 
     @classmethod
     def of(cls, metadata: Metadata, *, drafts: bool) -> EndpointSettings:
@@ -92,7 +99,10 @@ class Endpointer:
         self._utterance: _Utterance | None = None
         self._last_end = 0  # an utterance never starts before the previous one ended
         self._next_num = 0
-        self._recent: deque[tuple[int, float]] = deque(maxlen=ONSET_LOOKBACK_WINDOWS)
+        # The windows scored since the last utterance, as far back as one may start.
+        # Half the length limit at most, so the speech that opens an utterance fits in it.
+        self._lookback = min(settings.lookback, settings.max_samples // 2)
+        self._recent: deque[tuple[int, float]] = deque(maxlen=max(ONSET_LOOKBACK_WINDOWS, -(-self._reach // WINDOW_SAMPLES)))
 
     @property
     def open_start(self) -> int | None:
@@ -108,6 +118,17 @@ class Endpointer:
     def last_end(self) -> int:
         return self._last_end
 
+    @property
+    def _reach(self) -> int:
+        return max(self._lookback, ONSET_LOOKBACK_WINDOWS * WINDOW_SAMPLES + self.settings.pad)
+
+    def hold_from(self, next_window: int) -> int:
+        """The first sample a recognition may still need, with ``next_window`` the start of the
+        next window to be scored: audio before it may be dropped."""
+        if self._utterance is not None:
+            return self._utterance.start
+        return max(self._last_end, next_window - self._reach, 0)
+
     def window(self, start: int, prob: float, *, earliest: int, drafts: bool = True) -> list[Boundary]:
         """One window's probability. ``earliest`` is the first sample still held, before which
         no utterance may start; ``drafts`` is whether a draft may be asked for now."""
@@ -118,7 +139,8 @@ class Endpointer:
             if prob < s.threshold:
                 self._recent.append((start, prob))
                 return []
-            utterance = self._open(self._onset(start, max(0.1, s.threshold - ONSET_GAP)), earliest)
+            onset = self._onset(start, self._floor)
+            utterance = self._open_over_recent(max(min(onset - s.pad, start - self._lookback), self._last_end, earliest))
         utterance.windows.append((start, prob))
         # Speech ends after min_silence of windows *all* under threshold - 0.15 (PROTOCOL.md §3):
         # one window at or above it, a soft word, restarts the count.
@@ -143,9 +165,23 @@ class Endpointer:
             return found + self._cut(end)
         return found + self._partial(end)
 
-    def end_now(self, end: int) -> list[Boundary]:
-        """End the utterance being spoken at ``end`` (finalize, terminate, shutdown)."""
+    def end_now(self, end: int, *, earliest: int) -> list[Boundary]:
+        """End the utterance being spoken at ``end`` (finalize, terminate, shutdown).
+
+        With none open, audio since the previous end (within the look-back) in which the VAD
+        heard anything above the onset floor is recognised too: speech too soft to cross the
+        threshold is still speech the client sent, and Whisper's own rules judge it.
+        """
+        if self._utterance is None:
+            start = max(self._last_end, end - self._lookback, earliest)
+            if start >= end or not any(p >= self._floor and s >= start for s, p in self._recent):
+                return []
+            self._open_over_recent(start)
         return self._end(end)
+
+    @property
+    def _floor(self) -> float:
+        return max(0.1, self.settings.threshold - ONSET_GAP)
 
     # ------------------------------------------------------------------ the parts
 
@@ -158,15 +194,19 @@ class Endpointer:
         first word is not cut off.
         """
         onset = trigger
-        for start, prob in reversed(self._recent):
+        for start, prob in list(reversed(self._recent))[:ONSET_LOOKBACK_WINDOWS]:
             if prob < floor or start != onset - WINDOW_SAMPLES or start < self._last_end:
                 break
             onset = start
-        self._recent.clear()
         return onset
 
-    def _open(self, window_start: int, earliest: int, windows: list[tuple[int, float]] | None = None) -> _Utterance:
-        start = max(window_start - self.settings.pad, self._last_end, earliest) if windows is None else window_start
+    def _open_over_recent(self, start: int) -> _Utterance:
+        """Open an utterance at ``start`` that holds the windows scored since then."""
+        utterance = self._open(start, [(s, p) for s, p in self._recent if s >= start])
+        self._recent.clear()
+        return utterance
+
+    def _open(self, start: int, windows: list[tuple[int, float]] | None = None) -> _Utterance:
         interval = self.settings.partial_interval
         self._utterance = _Utterance(
             num=self._next_num,
@@ -192,13 +232,16 @@ class Endpointer:
         """Cut at the quietest point near the limit, so a word is less likely to be split."""
         utterance = self._utterance
         assert utterance is not None
-        cut = quietest_point(utterance.windows, utterance.start, end)
+        # Not in the quiet look-back before the first speech: that cut would recognise nothing.
+        threshold = self.settings.threshold
+        spoken = next((s for s, p in utterance.windows if p >= threshold), utterance.start)
+        cut = quietest_point(utterance.windows, spoken, end)
         if cut is None:
             cut = end
         found = self._end(cut)
         # The speech goes on: the next utterance starts right at the cut and keeps the
         # windows it has already seen.
-        self._open(cut, cut, [(s, p) for s, p in utterance.windows if s >= cut])
+        self._open(cut, [(s, p) for s, p in utterance.windows if s >= cut])
         return found + self._partial(end)
 
     def _partial(self, end: int) -> list[Boundary]:

@@ -22,8 +22,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from . import guards
-from .values import SAMPLE_RATE, Engine, InferenceRequest, Result
+from . import context, guards
+from .values import SAMPLE_RATE, DecodeOptions, Engine, InferenceRequest, Result
 
 log = logging.getLogger(__name__)
 
@@ -284,15 +284,36 @@ class Scheduler:
 
 
 def transcribe(engine: Engine, request: InferenceRequest) -> Result:
-    """The engine's result for a draft or final, with a skipped end decoded again (once).
+    """The engine's result for a draft or final: its left context cut off (context.py), and a
+    skipped end decoded again (once).
 
     Here rather than in an engine so that every engine, a remote one too, gets it. Partials do
     without: the next partial or the final is decoded anew anyway.
     """
-    result = engine.transcribe(request.audio, request.options)
-    if request.kind == "partial" or not result.segments:
-        return result
-    covered = result.segments[-1].end
+    if request.kind == "partial":
+        return engine.transcribe(request.audio, request.options)
+    options = request.options
+    if request.context_s > 0:
+        options = replace(options, word_timestamps=True)  # the context is cut by word times
+    result = engine.transcribe(request.audio, options)
+    if request.context_s > 0:
+        result = context.cut(request, result)
+    elif not result.segments:
+        return result  # Whisper heard no words: nothing was skipped
+    result = _skipped_end(engine, request, options, result)
+    if options.word_timestamps and not request.options.word_timestamps:
+        result = replace(result, segments=tuple(replace(s, words=None) for s in result.segments))
+    return result
+
+
+def _skipped_end(engine: Engine, request: InferenceRequest, options: DecodeOptions, result: Result) -> Result:
+    """The result with the speech after its last word decoded again, if the VAD heard enough."""
+    covered = request.context_s
+    if result.segments:
+        last = result.segments[-1]
+        # The last word's end where there are words: a segment's end token can claim seconds
+        # that its words never reached.
+        covered = last.words[-1].end if last.words else last.end
     heard = guards.uncovered_speech_s(request, covered)
     if heard < guards.RECOVER_MIN_SPEECH_S:
         return result
@@ -301,7 +322,7 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
         request.kind, request.session_id, request.transcription_num, heard, covered,
     )
     # The language found for the whole utterance holds for its end too.
-    options = replace(request.options, language=request.options.language or result.language)
+    options = replace(options, language=options.language or result.language)
     rest = engine.transcribe(request.audio[round(covered * SAMPLE_RATE) :], options)
     return replace(result, segments=result.segments + tuple(guards.shifted(s, covered) for s in rest.segments))
 

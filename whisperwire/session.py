@@ -14,15 +14,15 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
 
 import numpy as np
 
-from . import guards, messages
+from . import context, guards, messages
 from .audio import AudioDecoder, SampleBuffer
 from .endpointer import Boundary, Due, EndpointSettings, Endpointer
 from .finals import FinalsQueue
 from .options import check_model_support, decode_options
+from .pace import Pace
 from .protocol import (
     CloseCode,
     Control,
@@ -47,19 +47,10 @@ from .values import (
     Result,
     RunInference,
     SendMessage,
+    SpeechProbabilities,
 )
 
 __all__ = ["CancelInference", "CloseConnection", "Event", "InferenceRequest", "RunInference", "SendMessage", "Session", "State"]
-
-
-# A stream is sent faster than real time when more audio has arrived than this many times the
-# time since its first frame, plus this slack (a real-time client sends a little ahead).
-FASTER_THAN_REAL_TIME = 1.5
-REAL_TIME_SLACK_S = 1.0
-
-
-class SpeechProbabilities(Protocol):
-    def probabilities(self, audio: np.ndarray) -> np.ndarray: ...
 
 
 class State(enum.Enum):
@@ -112,16 +103,15 @@ class Session:
         self._new_vad = new_vad
         self._limits = limits
         self._context_prompt = context_prompt
-        self._context: str | None = None  # the latest final's text, with context_prompt
+        self._context: str | None = None  # the latest final's text: the context prompt, the words a left context repeats
         self._connected_at = now
-        self._last_frame_at = now
+        self._pace = Pace(last_frame_at=now)
         self._close_code_when_done = CloseCode.NORMAL
         self._stream: _Stream | None = None
         self._buffer = SampleBuffer()
         self._vad_pos = 0  # absolute index of the next window to classify
         self._draft: _Draft | None = None
         self._finals = FinalsQueue()
-        self._first_audio_at: float | None = None
         self._last_partial: InferenceRequest | None = None  # the latest partial asked for
 
     @property
@@ -137,11 +127,11 @@ class Session:
             if (oversized := self._check_frame_size(len(text.encode("utf-8")))) is not None:
                 return oversized
         if self.state is State.AWAITING_METADATA:
-            self._last_frame_at = now
+            self._pace.frame(now)
             return self._guard(lambda: self._start(text))
         if self.state is not State.STREAMING:
             return []
-        self._last_frame_at = now
+        self._pace.frame(now)
         return self._guard(lambda: self._control(parse_control(text)))
 
     def receive_bytes(self, data: bytes, now: float) -> list[Event]:
@@ -152,12 +142,9 @@ class Session:
             return []
         if (oversized := self._check_frame_size(len(data))) is not None:
             return oversized
-        self._last_frame_at = now
-        if self._first_audio_at is None:
-            self._first_audio_at = now
         assert self._stream is not None
         decoder = self._stream.decoder
-        return self._guard(lambda: self._ingest(decoder.decode(data)))
+        return self._guard(lambda: self._audio(decoder.decode(data), now))
 
     def inference_done(self, request: InferenceRequest, result: Result) -> list[Event]:
         if self.state is State.CLOSED:
@@ -215,7 +202,10 @@ class Session:
         if self.state is State.AWAITING_METADATA:
             return self._connected_at + self._limits.metadata_timeout_s
         if self.state is State.STREAMING:
-            return self._last_frame_at + self._limits.idle_timeout_s
+            idle = self._pace.last_frame_at + self._limits.idle_timeout_s
+            if self._endpointer.open_start is None:
+                return idle
+            return min(idle, self._pace.stalled_at(self._endpointer.settings.min_silence / SAMPLE_RATE))
         return None
 
     def timeout(self, now: float) -> list[Event]:
@@ -225,7 +215,13 @@ class Session:
         if self.state is State.AWAITING_METADATA:
             error = f"no metadata received within {self._limits.metadata_timeout_s:g} s"
             return self._fail(ProtocolError(ErrorCode.METADATA_TIMEOUT, error))
-        error = f"no frame received for {self._limits.idle_timeout_s:g} s"
+        if now < self._pace.last_frame_at + self._limits.idle_timeout_s:
+            # Audio that stops is silence: the open utterance ends as if the silence had come.
+            return self._guard(lambda: self._control(Control.FINALIZE))
+        error = (
+            f"no frame received for {self._limits.idle_timeout_s:g} s; "
+            'send {"terminate_session": true} to end a stream'
+        )
         return self._fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, error))
 
     # ------------------------------------------------------------------ metadata and control
@@ -247,13 +243,13 @@ class Session:
     def _control(self, control: Control) -> list[Event]:
         if control is Control.FINALIZE:
             events = self._ingest(np.zeros(0, dtype=np.float32), every_window=True)
-            return events + self._boundaries(self._endpointer.end_now(self._buffer.end))
+            return events + self._boundaries(self._endpointer.end_now(self._buffer.end, earliest=self._buffer.start))
         return self._wind_down(CloseCode.NORMAL)
 
     def _wind_down(self, code: CloseCode) -> list[Event]:
         assert self._stream is not None
         events = self._ingest(self._stream.decoder.flush(), every_window=True)
-        events += self._boundaries(self._endpointer.end_now(self._buffer.end))
+        events += self._boundaries(self._endpointer.end_now(self._buffer.end, earliest=self._buffer.start))
         self.state = State.CLOSING
         self._close_code_when_done = code
         return events + self._close_if_done()
@@ -264,6 +260,10 @@ class Session:
         return self._stream.endpointer
 
     # ------------------------------------------------------------------ audio, VAD, endpoints
+
+    def _audio(self, samples: np.ndarray, now: float) -> list[Event]:
+        self._pace.audio(now, len(samples) / SAMPLE_RATE)  # 16 kHz: resampled already
+        return self._ingest(samples)
 
     def _ingest(self, samples: np.ndarray, every_window: bool = False) -> list[Event]:
         assert self._stream is not None
@@ -330,9 +330,7 @@ class Session:
         partial, self._last_partial = self._last_partial, None
         if partial is None or partial.transcription_num != due.num or self._finals.owes_final(due.num):
             return None
-        assert self._first_audio_at is not None  # a partial was due: audio came
-        received_s = self._buffer.end / SAMPLE_RATE
-        if received_s <= FASTER_THAN_REAL_TIME * (self._last_frame_at - self._first_audio_at) + REAL_TIME_SLACK_S:
+        if not self._pace.faster_than_real_time(self._buffer.end / SAMPLE_RATE):
             return None  # a real-time stream: under load, partials are skipped, finals are not
         return replace(partial, before_final=True)  # the same audio, not copied again; a new id
 
@@ -346,28 +344,31 @@ class Session:
         options = stream.options
         if self._context_prompt and self._context:
             options = replace(options, context=self._context)
+        detect_only = stream.metadata.whisper_params.language_detection_only
+        start = due.start
+        if due.kind != "partial" and not detect_only:  # left context (context.py)
+            start -= context.context_samples(due.end - due.start, due.start - self._buffer.start, SAMPLE_RATE)
         return InferenceRequest(
             session_id=self.session_id,
             kind=due.kind,
             transcription_num=due.num,
-            audio=self._buffer.view(due.start, due.end).copy(),
-            offset_s=due.start / SAMPLE_RATE,
+            audio=self._buffer.view(start, due.end).copy(),
+            offset_s=start / SAMPLE_RATE,
             options=options,
-            detect_only=stream.metadata.whisper_params.language_detection_only,
-            speech_at=tuple((s - due.start) / SAMPLE_RATE for s in due.speech),
-            speech_end_s=None if due.speech_end is None else (due.speech_end - due.start) / SAMPLE_RATE,
+            detect_only=detect_only,
+            speech_at=tuple((s - start) / SAMPLE_RATE for s in due.speech),
+            speech_end_s=None if due.speech_end is None else (due.speech_end - start) / SAMPLE_RATE,
             replaces=replaces,
+            context_s=(due.start - start) / SAMPLE_RATE,
+            context_words=context.last_words(self._context) if start < due.start else (),
         )
 
     def _trim(self) -> None:
         """Keep only what a held final or a future utterance may still need."""
-        endpointer = self._endpointer
-        keep = endpointer.open_start
-        if keep is None:
-            pad = endpointer.settings.pad
-            keep = max(self._vad_pos - pad, endpointer.last_end - pad, 0)
+        keep = self._endpointer.hold_from(self._vad_pos)
         held = self._finals.held_start
-        self._buffer.drop_before(keep if held is None else min(keep, held))
+        keep = keep if held is None else min(keep, held)
+        self._buffer.drop_before(max(0, keep - round(context.LEFT_CONTEXT_S * SAMPLE_RATE)))
 
     # ------------------------------------------------------------------ results
 

@@ -88,6 +88,12 @@ class Result:
         return sum(s.avg_logprob * s.n_tokens for s in self.segments) / tokens
 
 
+class SpeechProbabilities(Protocol):
+    """One stream's VAD: P(speech) for each 512-sample window of the audio, in order."""
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray: ...
+
+
 class Engine(Protocol):
     info: ModelInfo
 
@@ -123,6 +129,10 @@ class InferenceRequest:
     # threshold): how much speech there is (guards.short_burst), and where (guards.uncovered_speech).
     speech_at: tuple[float, ...] = ()
     speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
+    # Left context (context.py): the first context_s seconds of audio belong to earlier finals,
+    # whose last words were context_words; Whisper hears them, their words are cut again.
+    context_s: float = 0.0
+    context_words: tuple[str, ...] = ()
     # A final whose audio is exactly a draft's names that draft: the scheduler then hands over
     # the draft's work (waiting or running) instead of recognising the audio twice.
     replaces: int | None = None
