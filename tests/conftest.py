@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import os
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import wave
@@ -141,6 +144,28 @@ class RunningServer:
         """Another server with the same engine and VAD, and these settings."""
         state = self.app.state.whisperwire
         return start_server(state.engine, state.vad, **config)
+
+
+def virtualenv_with(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, name: str, requirements: tuple[str, ...]
+) -> Path:
+    """The python of a virtualenv of a third-party client's own, kept in pytest's cache between runs."""
+    cache = getattr(request.config, "cache", None)
+    home = cache.mkdir(name) if cache else tmp_path_factory.mktemp(name)
+    python = home / "bin" / "python"
+    marker = home / "requirements.txt"
+    wanted = "\n".join(requirements)
+    if python.exists() and marker.exists() and marker.read_text() == wanted:
+        return python
+    shutil.rmtree(home, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, timeout=120)
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *requirements], capture_output=True, text=True, timeout=900, check=False
+    )
+    if install.returncode != 0:
+        pytest.fail(f"could not install {' '.join(requirements)}:\n{install.stderr}")
+    marker.write_text(wanted)
+    return python
 
 
 def start_server(engine, vad, **config) -> RunningServer:  # noqa: ANN001

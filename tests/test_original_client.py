@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import queue
 import re
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import AUDIO_DIR, stand_in_microphone, start_server
+from tests.conftest import AUDIO_DIR, stand_in_microphone, start_server, virtualenv_with
 from tests.streaming import word_error_rate
 
 SPEC = AUDIO_DIR.parent / "spec" / "baseten-streaming-api.txt"
@@ -41,26 +39,7 @@ def original_script(url: str) -> str:
 
 @pytest.fixture(scope="session")
 def old_websockets_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv with the client's own dependencies, kept in pytest's cache between runs."""
-    cache = getattr(request.config, "cache", None)
-    home = cache.mkdir("original-client-venv") if cache else tmp_path_factory.mktemp("original-client-venv")
-    python = home / "bin" / "python"
-    marker = home / "requirements.txt"
-    wanted = "\n".join(REQUIREMENTS)
-    if python.exists() and marker.exists() and marker.read_text() == wanted:
-        return python
-    shutil.rmtree(home, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, timeout=120)
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if install.returncode != 0:
-        pytest.fail(f"could not install {' '.join(REQUIREMENTS)} for the original client:\n{install.stderr}")
-    marker.write_text(wanted)
-    return python
+    return virtualenv_with(request, tmp_path_factory, "original-client-venv", REQUIREMENTS)
 
 
 def lines_of(process: subprocess.Popen[str]) -> Iterator[str]:
