@@ -54,6 +54,15 @@ def test_the_start_is_dated_back_over_the_rising_probability() -> None:
     assert dues(found, "final")[0].start == 4 * W  # 0.15 is under the floor
 
 
+def test_a_covered_start_still_says_where_the_vad_first_heard_anything() -> None:
+    # Covered from sample 0 (the look-back), but nothing reached the onset floor until window 6.
+    endpointer = Endpointer(settings(lookback=20 * W, pad=W))
+    [final] = dues(run(endpointer, [QUIET] * 6 + [0.25, 0.1] + [SPEECH] * 5 + [QUIET] * 10), "final")
+    assert (final.start, final.heard_from) == (0, 5 * W)  # window 6, less the pad
+    [at_once] = dues(run(Endpointer(settings()), [SPEECH] * 3 + [QUIET] * 10), "final")
+    assert at_once.heard_from == at_once.start == 0
+
+
 def test_the_start_never_goes_before_what_is_held_or_the_previous_end() -> None:
     endpointer = Endpointer(settings(pad=3 * W))
     [first] = dues(run(endpointer, [SPEECH] * 5 + [QUIET] * 10), "final")

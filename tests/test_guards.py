@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from whisperwire import guards
-from whisperwire.values import DecodeOptions, InferenceRequest, Result, SegmentResult, Word
+from whisperwire.values import (
+    DecodeOptions,
+    InferenceRequest,
+    Result,
+    SegmentResult,
+    Word,
+)
 
 
 def segment(text: str = " Hello there.", start: float = 0.0, end: float = 1.0, logprob: float = -0.3, words: bool = False) -> SegmentResult:
@@ -52,6 +60,23 @@ def test_the_end_snaps_to_the_vad_when_close_and_only_then() -> None:
     assert snapped.segments[0] == result.segments[0]
     assert guards.final_result(request(speech_end_s=1.7), result) == result  # 0.7 s: too far
     assert guards.final_result(request(speech_end_s=0.9), result) == result  # never earlier
+
+
+def test_nothing_starts_before_the_vad_heard_anything_and_what_came_after_is_untouched() -> None:
+    # Covered audio from 0 s, the VAD heard the first sound at 1.2 s: Whisper's segment from 0.0
+    # and its first word, aligned from 0.1, start there; later words and segments keep their times.
+    first = SegmentResult(" Hello there.", 0.0, 2.0, -0.3, 3, 0.1, 1.2, (Word(" Hello", 0.1, 1.5, 0.9), Word(" there.", 1.6, 2.0, 0.9)))
+    early = SegmentResult(" Hi.", 0.2, 0.9, -0.3, 2, 0.1, 1.0, (Word(" Hi.", 0.2, 0.9, 0.9),))  # wholly before it
+    later = segment(start=2.5, end=3.0, words=True)
+    req = replace(request(), heard_from_s=1.2)
+    snapped = guards.final_result(req, Result((early, first, later), "en", None))
+    hi, hello, rest = snapped.segments
+    assert (hi.start, hi.end, hi.words[0].start, hi.words[0].end) == (1.2, 1.2, 1.2, 1.2)
+    assert (hello.start, hello.end, [(w.start, w.end) for w in hello.words]) == (1.2, 2.0, [(1.2, 1.5), (1.6, 2.0)])
+    assert rest == later
+    assert [s.text for s in snapped.segments] == [" Hi.", " Hello there.", later.text]  # no word lost
+    assert guards.partial_result(req, Result((first,), "en", None)).segments[0].start == 1.2
+    assert guards.final_result(request(), Result((first,), "en", None)).segments[0] == first  # not known: as is
 
 
 def test_uncovered_speech_and_shifted_segments() -> None:

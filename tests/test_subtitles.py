@@ -152,7 +152,10 @@ def test_stream_srt_has_a_cue_per_phrase_with_the_speech_times(server, clips) ->
     time_lines = [line for line in text.splitlines() if "-->" in line]
     assert all(re.fullmatch(f"{SRT_TIME} --> {SRT_TIME}", line) for line in time_lines), time_lines
     subtitles = list(srt.parse(text))
-    assert [s.index for s in subtitles] == [1, 2, 3, 4], text
+    # A cue per segment, numbered from 1: at least one for each phrase. Heard with the phrases
+    # before it, Whisper may split the last one in two ("ask what you" / "can do for ...").
+    assert [s.index for s in subtitles] == list(range(1, len(subtitles) + 1)), text
+    assert len(subtitles) >= 4, text
     times = [(seconds(s.start), seconds(s.end)) for s in subtitles]
     assert all(start < end for start, end in times), times
     assert all(a[1] <= b[0] for a, b in zip(times, times[1:])), times

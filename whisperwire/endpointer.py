@@ -71,6 +71,9 @@ class Due:
     end: int
     speech: tuple[int, ...]  # start of each window at or above the threshold, before end
     speech_end: int | None = None  # where the VAD heard the speech stop, for a final at a pause
+    # Where the VAD first heard anything (a window at or above the onset floor, less the pad):
+    # the audio before it is covered for its words, but times do not start in it.
+    heard_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -258,7 +261,9 @@ class Endpointer:
     def _due(self, kind: Literal["partial", "draft", "final"], utterance: _Utterance, end: int, speech_end: int | None = None) -> Due:
         threshold = self.settings.threshold
         speech = tuple(s for s, p in utterance.windows if p >= threshold and s < end)
-        return Due(kind, utterance.num, utterance.start, end, speech, speech_end)
+        heard = next((s for s, p in utterance.windows if p >= self._floor), None)
+        heard_from = None if heard is None else min(max(utterance.start, heard - self.settings.pad), end)
+        return Due(kind, utterance.num, utterance.start, end, speech, speech_end, heard_from)
 
 
 def quietest_point(windows: list[tuple[int, float]], start: int, end: int) -> int | None:

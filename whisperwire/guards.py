@@ -11,8 +11,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import TypeVar
 
-from .values import SAMPLE_RATE, WINDOW_SAMPLES, InferenceRequest, Result, SegmentResult
+from .values import (
+    SAMPLE_RATE,
+    WINDOW_SAMPLES,
+    InferenceRequest,
+    Result,
+    SegmentResult,
+    Word,
+)
+
+_Timed = TypeVar("_Timed", SegmentResult, Word)
 
 # Whisper's own signs that a decoded window held no speech. The streaming VAD hands over short
 # bursts of laughter, breath or noise that Whisper decodes as "Thank you." or "Good." with a
@@ -78,9 +88,41 @@ def snap_end(result: Result, speech_end: float) -> Result:
     return replace(result, segments=(*result.segments[:-1], replace(last, end=speech_end, words=words)))
 
 
-def final_result(request: InferenceRequest, result: Result) -> Result:
-    """What a final says of its recognition: the short-burst rule, then the end snap."""
+def snap_start(result: Result, heard_from: float) -> Result:
+    """The result with no segment or word starting before the VAD first heard anything.
+
+    A recognition's audio starts where the previous one ended (coverage, endpointer.py), often
+    seconds of silence before the speech, and Whisper dates its first segment, and the first
+    word's alignment, from the start of its audio. The VAD knows better where speech began.
+    """
+
+    def later(item: _Timed) -> _Timed:
+        if item.start >= heard_from:
+            return item
+        start = round(heard_from, 3)
+        return replace(item, start=start, end=max(item.end, start))
+
+    segments = []
+    for segment in result.segments:
+        if segment.start >= heard_from:
+            segments.append(segment)
+            continue
+        words = None if segment.words is None else tuple(later(w) for w in segment.words)
+        segments.append(replace(later(segment), words=words))
+    return replace(result, segments=tuple(segments))
+
+
+def partial_result(request: InferenceRequest, result: Result) -> Result:
+    """What a partial says of its recognition: the short-burst rule, then the start snap."""
     result = short_burst(request, result)
+    if request.heard_from_s is not None:
+        result = snap_start(result, request.heard_from_s)
+    return result
+
+
+def final_result(request: InferenceRequest, result: Result) -> Result:
+    """What a final says of its recognition: the short-burst rule, then the start and end snaps."""
+    result = partial_result(request, result)
     if request.speech_end_s is not None:
         result = snap_end(result, request.speech_end_s)
     return result

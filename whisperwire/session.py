@@ -358,6 +358,7 @@ class Session:
             detect_only=detect_only,
             speech_at=tuple((s - start) / SAMPLE_RATE for s in due.speech),
             speech_end_s=None if due.speech_end is None else (due.speech_end - start) / SAMPLE_RATE,
+            heard_from_s=None if due.heard_from is None else (due.heard_from - start) / SAMPLE_RATE,
             replaces=replaces,
             context_s=(due.start - start) / SAMPLE_RATE,
             context_words=context.last_words(self._context) if start < due.start else (),
@@ -377,7 +378,7 @@ class Session:
         # every earlier final is out: messages never go back in number.
         if self._finals or self.state is not State.STREAMING or self._endpointer.open_num != request.transcription_num:
             return []
-        result = guards.short_burst(request, result)
+        result = guards.partial_result(request, result)
         if not result.text:
             return []
         self._finals.partial_sent(request.transcription_num)
@@ -397,7 +398,7 @@ class Session:
         return events + self._close_if_done()
 
     def _owed_partial(self, request: InferenceRequest, result: Result) -> Transcription | None:
-        result = guards.short_burst(request, result)
+        result = guards.partial_result(request, result)
         if not result.text or self.state is State.CLOSED:
             return None
         self._finals.partial_sent(request.transcription_num)

@@ -129,6 +129,7 @@ class InferenceRequest:
     # threshold): how much speech there is (guards.short_burst), and where (guards.uncovered_speech).
     speech_at: tuple[float, ...] = ()
     speech_end_s: float | None = None  # audio time where the VAD heard the speech stop, if it did
+    heard_from_s: float | None = None  # audio time where the VAD first heard anything (guards.snap_start)
     # Left context (context.py): the first context_s seconds of audio belong to earlier finals,
     # whose last words were context_words; Whisper hears them, their words are cut again.
     context_s: float = 0.0
