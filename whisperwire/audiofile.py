@@ -7,7 +7,7 @@ import inspect
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import av
 
@@ -26,13 +26,15 @@ from whisperwire.values import SAMPLE_RATE
 __all__ = ["decode_file", "stream_file"]
 
 
-def decode_file(path: str | os.PathLike[str], sample_rate: int = SAMPLE_RATE) -> bytes:
-    """Decode any audio file PyAV can read to mono 16-bit little-endian PCM at ``sample_rate``."""
+def decode_file(path: str | os.PathLike[str] | BinaryIO, sample_rate: int = SAMPLE_RATE) -> bytes:
+    """Decode any audio file PyAV can read (a path or an open binary file) to mono 16-bit
+    little-endian PCM at ``sample_rate``."""
     resampler = av.AudioResampler(format="s16", layout="mono", rate=sample_rate)
     pcm = bytearray()
-    with av.open(os.fspath(path)) as container:
+    source = os.fspath(path) if isinstance(path, (str, os.PathLike)) else path
+    with av.open(source, mode="r") as container:
         if not container.streams.audio:
-            raise ValueError(f"{path}: no audio stream")
+            raise ValueError(f"{source if isinstance(source, str) else 'the file'}: no audio stream")
         for frame in container.decode(container.streams.audio[0]):
             for converted in resampler.resample(frame):
                 pcm += converted.to_ndarray().tobytes()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
@@ -27,10 +27,12 @@ from .config import ServerConfig
 from .connection import FLUSH_TIMEOUT_S, SHUTDOWN, STOP, Connection
 from .logs import SESSION_ID
 from .metrics import LiveState, Metrics
+from .openai_api import PATH as OPENAI_TRANSCRIPTIONS_PATH
+from .openai_api import transcriptions
 from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError
 from .scheduler import Scheduler
-from .values import Engine
 from .vad import SileroVAD
+from .values import Engine
 
 log = logging.getLogger("whisperwire.server")
 
@@ -63,7 +65,7 @@ class Whisperwire:
             send_buffer_bytes=sum(c.send_backlog for c in self.connections),
         )
 
-    def refusal(self, websocket: WebSocket) -> tuple[int, str, str] | None:
+    def refusal(self, websocket: HTTPConnection) -> tuple[int, str, str] | None:
         """Why a handshake is refused, as (HTTP status, metrics reason, message); None to accept."""
         if not self.origin_allowed(websocket.headers.get("origin")):
             return 403, "origin", "origin not allowed"
@@ -80,7 +82,7 @@ class Whisperwire:
             return True
         return "*" in self._origins or _origin(origin) in self._origins
 
-    def authorized(self, websocket: WebSocket) -> bool:
+    def authorized(self, websocket: HTTPConnection) -> bool:
         if not self.config.api_keys:
             return True
         offered = _offered_key(websocket.headers.get("authorization"), websocket.query_params.get("api_key"))
@@ -206,6 +208,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
     async def metrics(request: Request) -> Response:
         return Response(state.metrics.render(), media_type=Metrics.CONTENT_TYPE)
 
+    async def openai_transcriptions(request: Request) -> Response:
+        return await transcriptions(request, state)
+
     async def page(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html")
 
@@ -221,6 +226,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
 
     routes: list[Any] = [WebSocketRoute(path, websocket_endpoint) for path in WEBSOCKET_PATHS]
     routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
+    routes.append(Route(OPENAI_TRANSCRIPTIONS_PATH, openai_transcriptions, methods=["POST"]))
     routes += [
         Route("/", page),
         Mount("/web", StaticFiles(directory=WEB_DIR), name="web"),
