@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .config import ServerConfig
@@ -53,6 +54,17 @@ class ConnectionHost(Protocol):
     scheduler: Scheduler
     metrics: Metrics
     partials_dropped: int
+
+
+class Host(ConnectionHost, Protocol):
+    """What a front door (the Baseten WebSocket, OpenAI's REST and Realtime) needs of the app
+    (server.Whisperwire): the handshake's checks, admission, the set of live connections."""
+
+    connections: set[Connection]
+
+    def refusal(self, request: HTTPConnection) -> tuple[int, str, str] | None: ...
+
+    def admission_refusal(self) -> str | None: ...
 
 
 # --------------------------------------------------------------------------- the inbox
@@ -201,6 +213,11 @@ class Connection:
     def send_backlog(self) -> int:
         """Bytes of messages waiting for the client to read the ones before them."""
         return self._outbox.size
+
+    def send_own(self, text: str, final_num: int | None = None) -> None:
+        """Queue a message of the transport's own (not the session's), after those waiting;
+        ``final_num`` marks the one that delivers that utterance's final (for the metrics)."""
+        self._outbox.put(text, final_num=final_num)
 
     def post(self, item: InboxItem) -> None:
         self._inbox.append((self.loop.time(), item))

@@ -15,7 +15,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 import av
 from starlette.datastructures import FormData, UploadFile
@@ -30,13 +30,10 @@ from starlette.responses import (
 )
 
 from .audiofile import decode_file
-from .connection import DISCONNECTED, Connection
+from .connection import DISCONNECTED, Connection, Host
 from .protocol import ErrorMessage, Transcription
 from .subtitles import SubtitleWriter
 from .values import SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from .server import Whisperwire
 
 log = logging.getLogger("whisperwire.server")
 
@@ -121,7 +118,7 @@ class Upload:
         self.messages.put_nowait(None)
 
 
-async def transcriptions(request: Request, host: Whisperwire) -> Response:
+async def transcriptions(request: Request, host: Host) -> Response:
     """The route: parse, recognise through a session, answer in the format asked for."""
     info = host.engine.info
     try:
@@ -155,7 +152,7 @@ async def transcriptions(request: Request, host: Whisperwire) -> Response:
     return _response(parsed, [first, *rest] if first is not None else [])
 
 
-async def _run(connection: Connection, host: Whisperwire) -> None:
+async def _run(connection: Connection, host: Host) -> None:
     try:
         await connection.run()
     finally:
@@ -209,6 +206,18 @@ def _sse(data: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- the request
 
 
+def serves(asked: str, served: str) -> bool:
+    """Whether a request for ``asked`` is one for the served model: its own name, or one of
+    OpenAI's transcription models (whisper-1, gpt-4o-transcribe, ...), which clients written for
+    OpenAI send by default."""
+    name = asked.lower()
+    return asked == served or name == "whisper-1" or (name.startswith("gpt-") and ("transcribe" in name or "whisper" in name))
+
+
+def model_not_served(asked: str, served: str) -> str:
+    return f"the model {asked!r} is not served here; this server serves {served!r} (also under OpenAI's transcription model names, such as 'whisper-1')"
+
+
 async def _parse(request: Request, model: str) -> TranscriptionRequest:
     size = request.headers.get("content-length")
     if size is not None and size.isdigit() and int(size) > MAX_UPLOAD_BYTES + 1024 * 1024:
@@ -230,8 +239,8 @@ async def _fields(form: FormData, model: str) -> TranscriptionRequest:
     asked = _text(form, "model")
     if not asked:
         raise OpenAIError(400, "model is required", "model")
-    if asked not in (model, "whisper-1"):
-        raise OpenAIError(404, f"the model {asked!r} is not served here; this server serves {model!r} (also as 'whisper-1')", "model", "model_not_found")
+    if not serves(asked, model):
+        raise OpenAIError(404, model_not_served(asked, model), "model", "model_not_found")
     response_format = _text(form, "response_format") or "json"
     if response_format not in RESPONSE_FORMATS:
         raise OpenAIError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}, not {response_format!r}", "response_format")
