@@ -332,7 +332,9 @@ async def test_german_with_auto_on_base_is_detected(base_engine, vad, clips) -> 
         received = await stream(multilingual.url, {"whisper_params": {"audio_language": "auto"}}, audio)
         assert received.finals and {m["language_code"] for m in received.finals} == {"de"}
         assert all(0.5 < m["language_prob"] <= 1 for m in received.finals)
-        assert "mekka" in received.text.lower()
+        # Heard from the stream's start (coverage), base writes "Mekka" as "Mecker" and runs
+        # "Berge nördlich" together: 3 of 19 words. A transcript in the wrong language or cut short fails.
+        assert word_error_rate(clip.reference, received.text) <= 0.2, received.text
         restricted = await stream(
             multilingual.url,
             {"whisper_params": {"audio_language": "auto", "language_options": ["en", "fr"]}},
