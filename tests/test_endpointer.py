@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whisperwire.endpointer import Due, DraftVoid, EndpointSettings, Endpointer, quietest_point
+from whisperwire.endpointer import Due, DraftVoid, EndpointSettings, Endpointer, Progress, quietest_point
 from whisperwire.values import SAMPLE_RATE, WINDOW_SAMPLES
 
 W = WINDOW_SAMPLES
@@ -122,3 +122,15 @@ def test_finalize_ends_the_open_utterance_where_told_and_nothing_when_none_is_op
 def test_quietest_point_prefers_a_pause_to_one_quiet_window(probs: list[float], expected: int) -> None:
     windows = [(i * W, p) for i, p in enumerate(probs)]
     assert quietest_point(windows, 0, len(probs) * W) == expected * W
+
+
+def test_progress_says_who_speaks_where_the_speech_was_heard_and_what_is_settled() -> None:
+    # Covered from sample 0, but the speech was first heard at window 6 (less the one-window pad).
+    endpointer = Endpointer(settings(lookback=20 * W, pad=W))
+    assert endpointer.progress(owed=None) == Progress(speaking=None, heard_from=0, last_end=0, settled_below=0, opened=0)
+    run(endpointer, [QUIET] * 6 + [SPEECH] * 5)
+    assert endpointer.progress(owed=None) == Progress(speaking=0, heard_from=5 * W, last_end=0, settled_below=0, opened=1)
+    run(endpointer, [QUIET] * 10, first=11)
+    progress = endpointer.progress(owed=0)  # ended, its final still owed
+    assert (progress.speaking, progress.last_end, progress.settled_below, progress.opened) == (None, 12 * W, 0, 1)  # the pad after the speech
+    assert endpointer.progress(owed=None).settled_below == 1  # its final is out (or it held no words)

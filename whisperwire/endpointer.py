@@ -86,6 +86,17 @@ class DraftVoid:
 Boundary = Due | DraftVoid
 
 
+@dataclass(frozen=True)
+class Progress:
+    """Where a stream's speech stands, for a transport that reports it as it goes."""
+
+    speaking: int | None  # the number of the utterance being spoken, None between utterances
+    heard_from: int  # where its speech began: its first window at or above the onset floor, less the pad
+    last_end: int  # where the previous utterance ended
+    settled_below: int  # every utterance numbered below this has had its final, or will have none
+    opened: int  # how many utterances have opened so far
+
+
 @dataclass
 class _Utterance:
     num: int
@@ -116,6 +127,15 @@ class Endpointer:
     def open_num(self) -> int | None:
         """The number of the utterance being spoken, or None between utterances."""
         return None if self._utterance is None else self._utterance.num
+
+    def progress(self, owed: int | None) -> Progress:
+        """Where the speech stands; ``owed`` is the number of the oldest final still owed."""
+        u = self._utterance
+        settled = owed if owed is not None else self._next_num if u is None else u.num
+        if u is None:
+            return Progress(None, self._last_end, self._last_end, settled, self._next_num)
+        heard = next((s for s, p in u.windows if p >= self._floor), u.start)
+        return Progress(u.num, max(u.start, heard - self.settings.pad), self._last_end, settled, self._next_num)
 
     @property
     def last_end(self) -> int:

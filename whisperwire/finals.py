@@ -96,6 +96,11 @@ class FinalsQueue:
         self._entries[0].request = request
 
     @property
+    def first_num(self) -> int | None:
+        """The number of the oldest final still owed."""
+        return self._entries[0].due.num if self._entries else None
+
+    @property
     def oldest_end(self) -> int | None:
         """Where the audio of the oldest final still owed ends (absolute sample)."""
         return self._entries[0].due.end if self._entries else None

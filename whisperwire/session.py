@@ -19,7 +19,7 @@ import numpy as np
 
 from . import context, guards, messages
 from .audio import AudioDecoder, SampleBuffer
-from .endpointer import Boundary, Due, EndpointSettings, Endpointer
+from .endpointer import Boundary, Due, EndpointSettings, Endpointer, Progress
 from .finals import FinalsQueue
 from .options import check_model_support, decode_options
 from .pace import Pace
@@ -115,17 +115,17 @@ class Session:
         self._last_partial: InferenceRequest | None = None  # the latest partial asked for
 
     @property
-    def metadata(self) -> Metadata | None:
-        return None if self._stream is None else self._stream.metadata
+    def progress(self) -> Progress | None:
+        """Where the speech stands, for a transport that reports it (realtime.py); None before the metadata."""
+        return None if self._stream is None else self._endpointer.progress(self._finals.first_num)
 
     # ------------------------------------------------------------------ inputs
 
     def receive_text(self, text: str, now: float) -> list[Event]:
         if self.state is State.CLOSED:
             return []
-        if len(text) > self._limits.max_frame_bytes // 4:  # a character is at most 4 bytes
-            if (oversized := self._check_frame_size(len(text.encode("utf-8")))) is not None:
-                return oversized
+        if len(text) > self._limits.max_frame_bytes // 4 and (oversized := self._check_frame_size(len(text.encode()))):
+            return oversized  # (only a text over a quarter of the limit can be over it: <= 4 bytes a character)
         if self.state is State.AWAITING_METADATA:
             self._pace.frame(now)
             return self._guard(lambda: self._start(text))
