@@ -303,5 +303,5 @@ async def test_a_wrong_websocket_path_is_refused_404_naming_the_endpoints(strict
     response = refused.value.response
     assert response.status_code == 404
     body = response.body.decode()
-    assert "/v1/websocket" in body and "/environments/production/websocket" in body, body
+    assert "/v1/websocket" in body and "/environments/production/websocket" in body and "/v1/realtime" in body, body
     await healthy(strict.url, speech, AUTH)  # the real endpoint still serves

@@ -96,10 +96,18 @@ def test_stream_sends_a_delta_per_final_then_the_whole_text(client, clips) -> No
     assert word_error_rate(clip.reference, events[-1].text) <= 0.25, events[-1].text
 
 
+def test_openai_s_transcription_model_names_stand_for_the_served_model(client, clips) -> None:
+    clip = clips["en_timit_LDC93S1.wav"]
+    for name in ("gpt-4o-transcribe", "gpt-4o-mini-transcribe", "tiny.en"):
+        with clip.path.open("rb") as file:
+            text = client.audio.transcriptions.create(model=name, file=file).text
+        assert word_error_rate(clip.reference, text) <= 0.2, (name, text)
+
+
 def test_bad_requests_are_errors_in_openai_s_shape(client, keyed, clips) -> None:
     clip = clips["en_timit_LDC93S1.wav"]
     with clip.path.open("rb") as file, pytest.raises(openai.NotFoundError) as unknown_model:
-        client.audio.transcriptions.create(model="gpt-4o-transcribe", file=file)
+        client.audio.transcriptions.create(model="large-v3", file=file)
     assert unknown_model.value.code == "model_not_found" and "tiny.en" in unknown_model.value.message
     with clip.path.open("rb") as file, pytest.raises(openai.BadRequestError) as bad_format:
         client.audio.transcriptions.create(model="whisper-1", file=file, response_format="xml")  # type: ignore[arg-type]

@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from . import realtime
 from .config import ServerConfig
 from .connection import FLUSH_TIMEOUT_S, SHUTDOWN, STOP, Connection
 from .logs import SESSION_ID
@@ -170,17 +171,22 @@ async def _refuse(websocket: WebSocket, reason: str) -> None:
 def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVAD | None = None) -> Starlette:
     state = Whisperwire(engine, config or ServerConfig(), vad)
 
-    async def websocket_endpoint(websocket: WebSocket) -> None:
+    async def admitted(websocket: WebSocket) -> bool:
         refusal = state.refusal(websocket)
         if refusal is not None:
             status, reason, message = refusal
             state.metrics.rejected.labels(reason=reason).inc()
             await websocket.send_denial_response(PlainTextResponse(message, status_code=status))
-            return
+            return False
         refusal = state.admission_refusal()
         if refusal is not None:
             state.metrics.rejected.labels(reason="capacity").inc()
             await _refuse(websocket, refusal)
+            return False
+        return True
+
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        if not await admitted(websocket):
             return
         connection = Connection(websocket, state)
         SESSION_ID.set(connection.session.session_id)  # this task's log lines, and its children's
@@ -192,10 +198,17 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
         finally:
             state.connections.discard(connection)
 
+    async def realtime_endpoint(websocket: WebSocket) -> None:
+        if await admitted(websocket):
+            await realtime.serve(websocket, state)
+
     async def unknown_path(websocket: WebSocket) -> None:
         # Starlette's own answer is a bare 403, which reads like a refused key or origin.
         paths = " or ".join(WEBSOCKET_PATHS)
-        message = f"no WebSocket endpoint at {websocket.url.path}; connect to {paths}"
+        message = (
+            f"no WebSocket endpoint at {websocket.url.path}; connect to {paths} "
+            f"(or {realtime.PATH}?intent=transcription for OpenAI's Realtime API)"
+        )
         await websocket.send_denial_response(PlainTextResponse(message, status_code=404))
 
     async def health(request: Request) -> Response:
@@ -225,6 +238,7 @@ def create_app(engine: Engine, config: ServerConfig | None = None, vad: SileroVA
             await asyncio.to_thread(state.scheduler.stop)
 
     routes: list[Any] = [WebSocketRoute(path, websocket_endpoint) for path in WEBSOCKET_PATHS]
+    routes.append(WebSocketRoute(realtime.PATH, realtime_endpoint))
     routes += [Route("/health", health), Route("/ready", ready), Route("/metrics", metrics)]
     routes.append(Route(OPENAI_TRANSCRIPTIONS_PATH, openai_transcriptions, methods=["POST"]))
     routes += [
