@@ -3,18 +3,21 @@ tests/test_livekit.py in a virtualenv with livekit-plugins-baseten, not by pytes
 
     python livekit_turns.py URL API_KEY CLIP.s16 [CLIP.s16 ...]
     python livekit_turns.py URL API_KEY --bad-metadata
+    python livekit_turns.py URL API_KEY --docs CLIP.s16
 
 One plugin stream per clip: its 16 kHz s16 audio pushed in 20 ms frames at real time, then
 end_input(), as an agent does at the end of a turn; no finalize or terminate is sent (the plugin
 sends neither). Prints one JSON line per clip: the final transcripts, and how many times the
 plugin connected. With --bad-metadata the plugin asks for a VAD threshold the server rejects,
-and the line says what the plugin raised.
+and the line says what the plugin raised. With --docs the plugin is the one docs/integrations.md
+builds (its snippet, run with this URL and key, in the HTTP context an agent job provides).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,14 +25,24 @@ from pathlib import Path
 import aiohttp
 from livekit import rtc
 from livekit.agents import APIConnectOptions, stt
+from livekit.agents.utils import http_context
 from livekit.plugins import baseten
 
 FRAME = 320  # 20 ms at 16 kHz
 FINAL_WAIT_S = 20.0  # a bound on a hang only: the final comes a silence window after the audio
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 
 
-async def one_turn(session: aiohttp.ClientSession, url: str, key: str, audio: bytes, connects: list[int]) -> dict:
-    plugin = baseten.STT(api_key=key, model_endpoint=url, http_session=session, enable_partial_transcripts=False)
+def documented_plugin(url: str, key: str) -> baseten.STT:
+    section = DOCS.read_text().split("## LiveKit Agents", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    code = code.replace('"ws://127.0.0.1:8000/v1/websocket"', repr(url)).replace('"my-key"', repr(key))
+    namespace: dict = {}
+    exec(compile(code, str(DOCS), "exec"), namespace)  # noqa: S102 - our own docs
+    return namespace["stt"]
+
+
+async def one_turn(plugin: baseten.STT, audio: bytes, connects: list[int]) -> dict:
     stream = plugin.stream(conn_options=APIConnectOptions(max_retry=0, timeout=10))
     finals: list[str] = []
     start = time.monotonic()
@@ -67,7 +80,14 @@ async def bad_metadata(session: aiohttp.ClientSession, url: str, key: str) -> di
 
 async def main(url: str, key: str, args: list[str]) -> None:
     connects: list[int] = []
-    clips = [Path(arg).read_bytes() for arg in args if arg != "--bad-metadata"]
+    clips = [Path(arg).read_bytes() for arg in args if not arg.startswith("--")]
+    if args[:1] == ["--docs"]:
+        http_context._new_session_ctx()  # what an agent job sets up before the plugin is used
+        try:
+            print(json.dumps(await one_turn(documented_plugin(url, key), clips[0], [])), flush=True)
+        finally:
+            await http_context._close_http_ctx()
+        return
 
     async def on_request_start(session, context, params) -> None:  # aiohttp's trace hook
         connects.append(1)
@@ -80,7 +100,8 @@ async def main(url: str, key: str, args: list[str]) -> None:
             return
         for clip in clips:
             connects.clear()
-            print(json.dumps(await one_turn(session, url, key, clip, connects)), flush=True)
+            plugin = baseten.STT(api_key=key, model_endpoint=url, http_session=session, enable_partial_transcripts=False)
+            print(json.dumps(await one_turn(plugin, clip, connects)), flush=True)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,12 @@ def test_a_rejected_metadata_reaches_the_agent_as_close_code_1007(engine, vad, l
     with start_server(engine, vad, api_keys=(API_KEY,)) as server:
         [outcome] = run(livekit_python, f"ws://127.0.0.1:{server.port}/v1/websocket", "--bad-metadata")
     assert outcome == {"raised": "APIStatusError", "status_code": 1007}, outcome
+
+
+def test_the_snippet_in_the_docs_works(engine, vad, clips, tmp_path: Path, livekit_python: Path) -> None:
+    clip = clips["en_harvard_birch_canoe.wav"]
+    path = tmp_path / "clip.s16"
+    path.write_bytes(s16le(speech_only(read_wav(clip.path))))
+    with start_server(engine, vad, api_keys=(API_KEY,)) as server:
+        [turn] = run(livekit_python, f"ws://127.0.0.1:{server.port}/v1/websocket", "--docs", str(path))
+    assert word_error_rate(clip.reference, " ".join(turn["finals"])) <= 0.15, turn
