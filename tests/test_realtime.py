@@ -138,6 +138,28 @@ async def test_without_turn_detection_each_commit_ends_one_item(keyed, clips) ->
     assert error.error.code == "input_audio_buffer_commit_empty"
 
 
+async def test_a_cleared_turn_is_not_transcribed(keyed, clips) -> None:
+    cleared, kept = clips["en_lovecraft_dagon_reading.wav"], clips["en_harvard_birch_canoe.wav"]
+    async with client(keyed).realtime.connect(extra_query={"intent": "transcription"}) as connection:
+        events = Events(connection)
+        await connection.session.update(session=transcription_session())
+        await send_audio(connection, pcm24k(cleared.path)[: 2 * 24_000 * 4])  # four seconds into a sentence
+        await connection.input_audio_buffer.clear()
+        await send_audio(connection, bytes(2 * 24_000) + pcm24k(kept.path) + bytes(2 * 24_000))
+
+        def completed() -> list[Any]:
+            return [e.transcript for e in events.of("conversation.item.input_audio_transcription.completed") if e.transcript]
+
+        await until(lambda: word_error_rate(kept.reference, " ".join(completed())) <= 0.15, "the kept sentence's words", limit_s=120)
+        events.stop()
+    assert events.of("input_audio_buffer.cleared")
+    cleared_items = {e.item_id for e in events.of("input_audio_buffer.speech_started")} - {
+        e.item_id for e in events.of("input_audio_buffer.committed")
+    }
+    assert len(cleared_items) == 1, events.all  # announced, never committed or completed
+    assert not {e.item_id for e in events.of("conversation.item.input_audio_transcription.completed")} & cleared_items
+
+
 async def test_the_beta_transcription_session_update_is_served(keyed, clips) -> None:
     clip = clips["en_harvard_birch_canoe.wav"]
     async with client(keyed).realtime.connect(extra_query={"intent": "transcription"}) as connection:

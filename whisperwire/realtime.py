@@ -90,7 +90,6 @@ class RealtimeTransport:
         self.metadata: dict[str, Any] | None = None  # what it became, sent to the session
         self.update_kind = "session.update"
         self.server_vad = True  # speech_started/stopped events; turn_detection null turns them off
-        self.cleared: set[int] = set()  # utterances the client cleared: their finals are not sent
         self._pending: list[dict[str, Any]] = []  # frames for the session, in order
         self._held: list[dict[str, Any]] = []  # audio frames that came before any configuration
 
@@ -133,11 +132,6 @@ class RealtimeTransport:
                 self._configure_if_needed()
         elif kind in ("input_audio_buffer.commit", "input_audio_buffer.clear"):
             self._configure_if_needed()
-            if kind == "input_audio_buffer.clear":
-                progress = self._progress()
-                if progress is not None and progress.speaking is not None:
-                    self.cleared.add(progress.speaking)
-                self.own(_event("input_audio_buffer.cleared"))
             self._pending.append({"type": "websocket.receive", "text": COMMIT if kind.endswith("commit") else CLEAR})
         else:
             raise RealtimeError(f"unknown event type {kind!r}; this endpoint serves transcription sessions", "invalid_event", "type")
@@ -212,10 +206,6 @@ class RealtimeTransport:
         assert self.connection is not None
         self.connection.send_own(text)
 
-    def _progress(self) -> Progress | None:
-        assert self.connection is not None
-        return self.connection.session.progress
-
 
 class RealtimeConnection(Connection):
     """A Connection whose messages leave as Realtime events, which also tells the client where
@@ -231,9 +221,15 @@ class RealtimeConnection(Connection):
         self._announced = -1  # the highest utterance number a speech_started went out for
         self._committed = -1  # ... a committed
         self._completed = -1  # ... a completed
+        self._cleared: set[int] = set()  # utterances the client cleared: their finals are not sent
 
     async def _handle(self, item: InboxItem | None) -> list[Event]:
         before = self.session.progress
+        if isinstance(item, Frame) and item.data == CLEAR:
+            # Here, in order with the audio before it, not when the event arrived.
+            if before is not None and before.speaking is not None:
+                self._cleared.add(before.speaking)
+            self.send_own(_event("input_audio_buffer.cleared"))
         events = await super()._handle(item)
         if isinstance(item, Frame) and item.data == COMMIT and not self.transport.server_vad:
             after = self.session.progress
@@ -259,7 +255,7 @@ class RealtimeConnection(Connection):
         num = message.transcription_num
         self._settle(num)
         self._completed = num
-        if num in self.transport.cleared:
+        if num in self._cleared:
             return
         if self.transport.server_vad and num > self._announced and message.segments:
             # Opened and ended within one batch of audio: announced now.
@@ -273,7 +269,7 @@ class RealtimeConnection(Connection):
         self.send_own(_completed(num, message.transcript), final_num=num)
 
     def _commit(self, num: int) -> None:
-        if num > self._committed:
+        if num > self._committed and num not in self._cleared:
             self._committed = num
             self.send_own(_committed(num))
 
@@ -281,7 +277,7 @@ class RealtimeConnection(Connection):
         """Items announced before ``below`` that held no words are completed empty, as OpenAI does."""
         last = min(below, self._announced + 1) - 1
         for num in range(self._completed + 1, last + 1):
-            if num not in self.transport.cleared:
+            if num not in self._cleared:
                 self._commit(num)
                 self.send_own(_completed(num, ""))
         self._completed = max(self._completed, last)
