@@ -69,10 +69,6 @@ def _completed(num: int, transcript: str) -> str:
     return _event("conversation.item.input_audio_transcription.completed", item_id=_item(num), content_index=0, transcript=transcript)
 
 
-def _committed(num: int) -> str:
-    return _event("input_audio_buffer.committed", item_id=_item(num), previous_item_id=_item(num - 1) if num > 0 else None)
-
-
 def _ms(sample: int) -> int:
     return round(sample * 1000 / SAMPLE_RATE)
 
@@ -270,8 +266,10 @@ class RealtimeConnection(Connection):
 
     def _commit(self, num: int) -> None:
         if num > self._committed and num not in self._cleared:
+            # The item before is the last one committed: numbers of turns with no words are skipped.
+            previous = _item(self._committed) if self._committed >= 0 else None
             self._committed = num
-            self.send_own(_committed(num))
+            self.send_own(_event("input_audio_buffer.committed", item_id=_item(num), previous_item_id=previous))
 
     def _settle(self, below: int) -> None:
         """Items announced before ``below`` that held no words are completed empty, as OpenAI does."""
