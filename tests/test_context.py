@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tests.streaming import words
-from whisperwire.context import LEFT_CONTEXT_S, context_samples, cut, last_words
+from whisperwire.context import ANCHOR_GAP_S, LEFT_CONTEXT_S, PREFIX_WORDS, SentWords, after_prefix, context_samples, cut, last_words, left_context
+from whisperwire.endpointer import Due
 from whisperwire.engine import DecodeOptions, ModelInfo, Result, SegmentResult, Word
 from whisperwire.messages import transcription
 from whisperwire.scheduler import transcribe
@@ -82,11 +83,12 @@ class WordEngine:
         return self.result
 
 
-def test_a_final_with_context_is_decoded_with_word_times_and_returned_as_asked() -> None:
+def test_a_final_with_context_is_decoded_with_word_times_and_sent_as_asked() -> None:
     engine = WordEngine(words_result((" so", 0.8), (" fellow", 2.3)))
     result = transcribe(engine, final(context_s=2.0))
     assert engine.options[0].word_timestamps and result.text == "fellow"
-    assert result.segments[0].words is None  # the client did not ask for word times
+    # Words stay in the result (the session keeps the ones it sends); the message has them only if asked.
+    assert transcription(final(context_s=2.0), result, is_final=True).segments[0].word_timestamps is None
     request = replace(final(context_s=2.0), options=DecodeOptions(language="en", word_timestamps=True))
     assert [w.word for w in transcribe(engine, request).segments[0].words or ()] == [" fellow"]
 
@@ -113,3 +115,48 @@ def test_three_finals_with_left_context_say_what_whisper_says_of_the_whole_clip(
         times += own
     assert words(" ".join(texts)) == words(whole), texts
     assert times == sorted(times)
+
+
+# --------------------------------------------------------------------------- anchored on the words sent
+
+
+def prefixed(prefix: str, context_s: float = 2.0) -> InferenceRequest:
+    return replace(final(context_s), options=DecodeOptions(language="en", prefix=prefix))
+
+
+def test_the_forced_prefix_s_words_are_cut_whatever_their_times() -> None:
+    # Whisper repeats the prefix first (forced), then goes on; the alignment may put a prefix
+    # word after the context's end, or a new word before it: the words decide, not the times.
+    result = words_result((" call,", 0.4), (" please?", 2.3), (" I", 1.9), (" would", 2.6))
+    [segment] = after_prefix(prefixed(" call, please?"), result).segments
+    assert [w.word for w in segment.words or ()] == [" I", " would"] and segment.start == 1.9
+
+
+def test_a_result_not_beginning_with_the_prefix_falls_back_to_the_time_cut() -> None:
+    # A dropped segment took the prefix with it: counting words would eat new ones.
+    result = words_result((" would", 2.6), (" like", 3.0))
+    assert after_prefix(prefixed(" please?"), result) is None
+    assert after_prefix(prefixed(" please? I would like to"), result) is None  # words run out first
+    engine = WordEngine(result)
+    assert transcribe(engine, prefixed(" please?")).text == "would like"  # cut by time at 2.0 s
+    assert engine.options[0].prefix == " please?"
+
+
+def test_the_anchor_is_the_first_of_the_last_words_sent_within_reach() -> None:
+    sent = SentWords(RATE)
+    words = tuple(Word(f" w{i}", 0.5 * i, 0.5 * i + 0.4, 0.9) for i in range(12))
+    request = replace(final(0.0), offset_s=1.0)
+    sent.sent(request, Result((SegmentResult("", 0, 6, -0.2, 12, 0.0, 1.0, words),), "en", None))
+    # The words lie at 1.0 - 6.9 s of the stream; the next speech is heard at 7.5 s.
+    start, heard, room = round(7.0 * RATE), round(7.5 * RATE), round(LEFT_CONTEXT_S * RATE)
+    at, prefix = sent.anchor(start, heard, earliest=0, room=room)
+    assert prefix == "".join(f" w{i}" for i in range(12 - PREFIX_WORDS, 12))
+    assert at == round((1.0 + 0.5 * (12 - PREFIX_WORDS)) * RATE)
+    at, prefix = sent.anchor(start, heard, earliest=round(5.2 * RATE), room=room)
+    assert (at, prefix) == (round(5.5 * RATE), " w9 w10 w11")  # only what the stream still holds
+    assert sent.anchor(start, heard, earliest=0, room=RATE // 4) is None  # no word starts in the last 0.25 s
+    # Speech that starts more than ANCHOR_GAP_S after the last word sent does not go on from it.
+    assert sent.anchor(start, round((6.9 + ANCHOR_GAP_S + 0.1) * RATE), earliest=0, room=room) is None
+    due = Due("final", 3, start, start + RATE, (), heard_from=heard)
+    assert left_context(due, 0, sent, RATE) == sent.anchor(start, heard, 0, room)
+    assert left_context(due, 0, None, RATE) == (0, None)  # an earlier final not out: all the audio held (7 s)

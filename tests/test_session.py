@@ -671,3 +671,27 @@ def test_vad_in_runs_of_three_windows_finds_the_same_utterances_a_little_later()
     assert requests(feed(late, np.concatenate([silence(0.96), speech(0.064)]))) == []
     [final] = requests(late.receive_text("finalize", now=1.0))
     assert len(final.audio) >= 0.064 * RATE
+
+
+def test_with_every_earlier_final_out_the_context_starts_at_the_words_sent_and_they_are_the_prefix() -> None:
+    session = make_session(streaming_vad_config={"min_silence_duration_ms": 100})
+    [first] = requests(feed(session, np.concatenate([silence(1.0), speech(1.0), silence(0.3)])))
+    tone = 1.0 - first.offset_s
+    session.inference_done(first, result("hello there", start=tone + 0.1, words=True))  # sent: words at 1.1 and 1.2 s
+    [second] = requests(feed(session, np.concatenate([speech(1.0), silence(0.3)])))
+    assert second.options.prefix == " hello there"
+    assert second.offset_s == pytest.approx(1.1, abs=1e-4)  # the first word sent, not 8 s of audio
+    # While an earlier final is still owed (the second), its words are not known: audio only, cut by time.
+    [third] = requests(feed(session, np.concatenate([speech(1.0), silence(0.3)])))
+    assert third.options.prefix is None and third.context_s > 3.0  # the audio the stream holds, not a word boundary
+
+
+def test_a_final_taking_over_its_draft_keeps_the_draft_s_context_and_prefix() -> None:
+    session = make_session(drafts=True, streaming_vad_config={"min_silence_duration_ms": 300})
+    [first] = requests(feed(session, np.concatenate([speech(1.0), silence(0.4)])), "final")
+    [draft] = requests(feed(session, np.concatenate([speech(1.0), silence(0.1)])), "draft")
+    assert draft.options.prefix is None  # the first final is not out
+    session.inference_done(first, result("hello there", start=0.1, words=True))  # out now, during the silence
+    [final] = requests(feed(session, silence(0.3)), "final")
+    assert final.replaces == draft.request_id
+    assert (final.offset_s, final.context_s, final.options.prefix) == (draft.offset_s, draft.context_s, None)

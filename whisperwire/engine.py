@@ -220,6 +220,7 @@ class WhisperEngine:
             no_speech_threshold=None,
             condition_on_previous_text=False,
             initial_prompt=self._prompt_tokens(options),
+            prefix=options.prefix,
             word_timestamps=options.word_timestamps,
             vad_filter=False,  # the server's streaming VAD already cut the utterance
         )

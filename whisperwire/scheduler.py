@@ -292,18 +292,17 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     """
     if request.kind == "partial":
         return engine.transcribe(request.audio, request.options)
-    options = request.options
-    if request.context_s > 0:
-        options = replace(options, word_timestamps=True)  # the context is cut by word times
+    # Word times always: the context is cut by them, and the session keeps the words it sent
+    # (context.SentWords); messages carry them only when the client asked.
+    options = replace(request.options, word_timestamps=True)
     result = engine.transcribe(request.audio, options)
-    if request.context_s > 0:
+    if options.prefix is not None:
+        result = context.after_prefix(request, result) or context.cut(request, result)
+    elif request.context_s > 0:
         result = context.cut(request, result)
     elif not result.segments:
         return result  # Whisper heard no words: nothing was skipped
-    result = _skipped_end(engine, request, options, result)
-    if options.word_timestamps and not request.options.word_timestamps:
-        result = replace(result, segments=tuple(replace(s, words=None) for s in result.segments))
-    return result
+    return _skipped_end(engine, request, replace(options, prefix=None), result)
 
 
 def _skipped_end(engine: Engine, request: InferenceRequest, options: DecodeOptions, result: Result) -> Result:

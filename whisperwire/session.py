@@ -113,6 +113,7 @@ class Session:
         self._draft: _Draft | None = None
         self._finals = FinalsQueue()
         self._last_partial: InferenceRequest | None = None  # the latest partial asked for
+        self._sent = context.SentWords(SAMPLE_RATE)  # the words of the finals sent, for left contexts
 
     @property
     def progress(self) -> Progress | None:
@@ -191,9 +192,8 @@ class Session:
 
     @property
     def lag_s(self) -> float:
-        """Audio received but not yet dealt with, in seconds: behind the VAD, or since the end of
-        the oldest utterance still waiting for its final. The audio of an utterance still being
-        spoken is not lag. Read by metrics; a growing lag means the server is falling behind."""
+        """Seconds of audio received and not yet dealt with (behind the VAD, or after the oldest final
+        still owed; not an utterance still spoken). Growing: the server falls behind (metrics)."""
         done = min(self._vad_pos, self._finals.oldest_end if self._finals else self._vad_pos)
         return max(0, self._buffer.end - done) / SAMPLE_RATE
 
@@ -218,10 +218,7 @@ class Session:
         if now < self._pace.last_frame_at + self._limits.idle_timeout_s:
             # Audio that stops is silence: the open utterance ends as if the silence had come.
             return self._guard(lambda: self._control(Control.FINALIZE))
-        error = (
-            f"no frame received for {self._limits.idle_timeout_s:g} s; "
-            'send {"terminate_session": true} to end a stream'
-        )
+        error = f'no frame received for {self._limits.idle_timeout_s:g} s; send {{"terminate_session": true}} to end a stream'
         return self._fail(ProtocolError(ErrorCode.IDLE_TIMEOUT, error))
 
     # ------------------------------------------------------------------ metadata and control
@@ -309,14 +306,14 @@ class Session:
                 self._finals.owe_partial(partial)
             return self._drop_draft() + events
         draft, self._draft = self._draft, None
-        replaces = draft.request.request_id if draft is not None and draft.end == due.end else None
-        final = self._request(due, replaces=replaces)
+        replaced = draft.request if draft is not None and draft.end == due.end else None
+        final = self._request(due, replaces=replaced)
         self._finals.add(due, final)
         if partial is not None:
             self._finals.owe_partial(partial)
         if draft is None:
             return events + [RunInference(final)]
-        if replaces is None:
+        if replaced is None:
             return [CancelInference(draft.request), *events, RunInference(final)]
         if draft.result is not None:  # recognised during the silence window
             self._finals.done(final, draft.result)
@@ -338,28 +335,30 @@ class Session:
         draft, self._draft = self._draft, None
         return [] if draft is None else [CancelInference(draft.request)]
 
-    def _request(self, due: Due, replaces: int | None = None) -> InferenceRequest:
+    def _request(self, due: Due, replaces: InferenceRequest | None = None) -> InferenceRequest:
         stream = self._stream
         assert stream is not None
         options = stream.options
         if self._context_prompt and self._context:
             options = replace(options, context=self._context)
         detect_only = stream.metadata.whisper_params.language_detection_only
-        start = due.start
-        if due.kind != "partial" and not detect_only:  # left context (context.py)
-            start -= context.context_samples(due.end - due.start, due.start - self._buffer.start, SAMPLE_RATE)
+        start, prefix = due.start, None
+        if replaces is not None:  # the final takes over the draft's recognition: its audio, its prefix
+            start, prefix = round(replaces.offset_s * SAMPLE_RATE), replaces.options.prefix
+        elif due.kind != "partial" and not detect_only:  # left context, anchored on the words sent where all are out
+            start, prefix = context.left_context(due, self._buffer.start, None if self._finals else self._sent, SAMPLE_RATE)
         return InferenceRequest(
             session_id=self.session_id,
             kind=due.kind,
             transcription_num=due.num,
             audio=self._buffer.view(start, due.end).copy(),
             offset_s=start / SAMPLE_RATE,
-            options=options,
+            options=replace(options, prefix=prefix),
             detect_only=detect_only,
             speech_at=tuple((s - start) / SAMPLE_RATE for s in due.speech),
             speech_end_s=None if due.speech_end is None else (due.speech_end - start) / SAMPLE_RATE,
             heard_from_s=None if due.heard_from is None else (due.heard_from - start) / SAMPLE_RATE,
-            replaces=replaces,
+            replaces=None if replaces is None else replaces.request_id,
             context_s=(due.start - start) / SAMPLE_RATE,
             context_words=context.last_words(self._context) if start < due.start else (),
         )
@@ -409,6 +408,7 @@ class Session:
         if request.detect_only:
             return messages.language_only(num, result)
         result = guards.final_result(request, result)
+        self._sent.sent(request, result)
         if result.text:
             self._context = result.text
         elif not self._finals.owes_final(num):

@@ -48,6 +48,9 @@ class DecodeOptions:
     no_repeat_ngram_size: int = 0
     word_timestamps: bool = False
     dynamic_preprocessing: bool = False
+    # The words already sent for the left context's audio: Whisper's output is forced to begin
+    # with them, so it goes on from there (context.py).
+    prefix: str | None = None
 
 
 @dataclass(frozen=True)

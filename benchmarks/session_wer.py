@@ -1,0 +1,124 @@
+"""Streamed against offline word error rate through the session core alone, recognition inline.
+
+    python benchmarks/session_wer.py                      # every English clip, the defaults
+    python benchmarks/session_wer.py --prefix-words 0     # left context by audio and time only
+    python benchmarks/session_wer.py --prefix-words 4 --clip hvb --verbose
+
+Each English clip of the manifest (not the padded JFK copy), with a second of silence after it,
+is fed to a `Session` in 100 ms frames with the default metadata and the server's defaults
+(drafts, VAD batches of three); every recognition it asks for runs at once, as on a server that
+always keeps up, through `scheduler.transcribe` and the real tiny.en and Silero VAD. No
+network, no clock: the result depends only on the audio and the code, so variants of the left
+context can be compared in one run each (`--prefix-words`: how many of the words sent anchor it,
+0 for none). Offline is each whole clip decoded once (30 s windows, same model and beam).
+Corpus WER after Whisper's English normaliser. About 4 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import numpy as np
+from whisper_normalizer.english import EnglishTextNormalizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.conftest import AUDIO_DIR, _manifest, read_wav  # noqa: E402
+from whisperwire import context  # noqa: E402
+from whisperwire.config import ServerConfig  # noqa: E402
+from whisperwire.engine import load_engine  # noqa: E402
+from whisperwire.protocol import Transcription  # noqa: E402
+from whisperwire.scheduler import transcribe  # noqa: E402
+from whisperwire.session import Session  # noqa: E402
+from whisperwire.vad import SileroVAD  # noqa: E402
+from whisperwire.values import SAMPLE_RATE, DecodeOptions, Event, RunInference, SendMessage  # noqa: E402
+
+_normalise = EnglishTextNormalizer()
+FRAME_S = 0.1
+
+
+def wer(references: list[str], hypotheses: list[str]) -> float:
+    return jiwer.wer([_normalise(r) for r in references], [_normalise(h) for h in hypotheses])
+
+
+def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool) -> list[Transcription]:  # noqa: ANN001
+    config = ServerConfig()
+    session = Session(
+        "bench", model=engine.info, count_tokens=engine.count_tokens, new_vad=vad.new_stream,
+        now=0.0, draft_finals=config.draft_finals, vad_batch=config.vad_batch,
+    )
+    finals: list[Transcription] = []
+
+    def act(events: list[Event]) -> None:
+        queue = list(events)
+        while queue:
+            event = queue.pop(0)
+            if isinstance(event, RunInference) and event.request.kind != "partial":
+                request = event.request
+                result = transcribe(engine, request)
+                if verbose:
+                    print(f"    {request.kind} {request.transcription_num} {request.offset_s:.2f}-"
+                          f"{request.offset_s + len(request.audio) / SAMPLE_RATE:.2f} s, context {request.context_s:.2f} s, "
+                          f"prefix {request.options.prefix!r}: {result.text!r}")
+                queue += session.inference_done(request, result)
+            elif isinstance(event, SendMessage) and isinstance(event.message, Transcription) and event.message.is_final:
+                finals.append(event.message)
+
+    act(session.receive_text("{}", 0.0))
+    pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    step = round(SAMPLE_RATE * FRAME_S) * 2
+    for n, offset in enumerate(range(0, len(pcm), step), start=1):
+        act(session.receive_bytes(pcm[offset : offset + step], n * FRAME_S))
+    act(session.receive_text('{"terminate_session": true}', len(pcm) / 2 / SAMPLE_RATE))
+    return finals
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.prefix_words == 0:
+        context.SentWords.anchor = lambda self, start, earliest, room: None  # type: ignore[method-assign]
+    else:
+        context.PREFIX_WORDS = args.prefix_words
+    engine, vad = load_engine(args.model), SileroVAD()
+    clips = [
+        c for name, c in _manifest().items()
+        if c.language == "en" and name != "en_jfk_padded_3s_5s_silence.wav" and (not args.clip or any(k in name for k in args.clip))
+    ]
+    print(f"model={args.model} prefix_words={args.prefix_words} audio={AUDIO_DIR}")
+    started = time.monotonic()
+    rows = []
+    for clip in clips:
+        audio = read_wav(clip.path)
+        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose)
+        streamed = " ".join(f.transcript for f in finals if f.transcript)
+        offline = engine.transcribe(audio, DecodeOptions(language="en")).text
+        rows.append({"clip": clip.path.name, "reference": clip.reference, "streamed": streamed, "offline": offline, "finals": len(finals)})
+        print(f"  {clip.path.name}: {len(finals)} finals, streamed {wer([clip.reference], [streamed]):.1%}, "
+              f"offline {wer([clip.reference], [offline]):.1%}", flush=True)
+        if args.verbose:
+            print(f"    streamed: {streamed}\n    offline:  {offline}")
+    refs = [r["reference"] for r in rows]
+    streamed_wer, offline_wer = wer(refs, [r["streamed"] for r in rows]), wer(refs, [r["offline"] for r in rows])
+    print(f"English clips ({len(rows)}): streamed WER {streamed_wer:.2%}, offline {offline_wer:.2%} "
+          f"({time.monotonic() - started:.0f} s)")
+    if args.json:
+        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "clips": rows}, indent=1))
+    return 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--prefix-words", type=int, default=context.PREFIX_WORDS, help="words sent that anchor the left context; 0: none [%(default)s]")
+    parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
+    parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
+    parser.add_argument("--json", type=Path, metavar="OUT")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(parse_args()))
