@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -27,19 +26,15 @@ from livekit import rtc
 from livekit.agents import APIConnectOptions, stt
 from livekit.agents.utils import http_context
 from livekit.plugins import baseten
+from snippets import run_snippet  # beside this script
 
 FRAME = 320  # 20 ms at 16 kHz
 FINAL_WAIT_S = 20.0  # a bound on a hang only: the final comes a silence window after the audio
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
 
 
 def documented_plugin(url: str, key: str) -> baseten.STT:
-    section = DOCS.read_text().split("## LiveKit Agents", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    code = code.replace('"ws://127.0.0.1:8000/v1/websocket"', repr(url)).replace('"my-key"', repr(key))
-    namespace: dict = {}
-    exec(compile(code, str(DOCS), "exec"), namespace)  # noqa: S102 - our own docs
-    return namespace["stt"]
+    replacements = {'"ws://127.0.0.1:8000/v1/websocket"': repr(url), '"my-key"': repr(key)}
+    return run_snippet("LiveKit Agents", replacements)["stt"]
 
 
 async def one_turn(plugin: baseten.STT, audio: bytes, connects: list[int]) -> dict:

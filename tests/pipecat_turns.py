@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.openai.stt import OpenAIRealtimeSTTService
 from pipecat.workers.runner import WorkerRunner
+from snippets import run_snippet  # beside this script
 
 FRAME = 320  # 20 ms at 16 kHz
 WAIT_S = 60.0  # a bound on a hang only
@@ -54,16 +54,9 @@ class Collect(FrameProcessor):
         await self.push_frame(frame, direction)
 
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "integrations.md"
-
-
 def documented_service(base_url: str, key: str) -> OpenAIRealtimeSTTService:
-    section = DOCS.read_text().split("## Pipecat", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    code = code.replace('"ws://127.0.0.1:8000/v1/realtime"', repr(base_url)).replace('"my-key"', repr(key))
-    namespace: dict = {}
-    exec(compile(code, str(DOCS), "exec"), namespace)  # noqa: S102 - our own docs
-    return namespace["stt"]
+    replacements = {'"ws://127.0.0.1:8000/v1/realtime"': repr(base_url), '"my-key"': repr(key)}
+    return run_snippet("Pipecat", replacements)["stt"]
 
 
 async def main(base_url: str, key: str, args: list[str]) -> None:

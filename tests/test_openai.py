@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import re
 import wave
-from pathlib import Path
 
 import httpx
 import openai
@@ -16,6 +14,7 @@ import srt
 import webvtt
 
 from tests.conftest import start_server
+from tests.snippets import run_snippet
 from tests.streaming import word_error_rate
 
 CLIP = "en_librispeech_1221-135766-0001.wav"  # 16.7 s read speech: several finals
@@ -35,14 +34,10 @@ def client(keyed) -> openai.OpenAI:
 
 
 def test_the_snippet_in_the_docs_works(keyed, clips) -> None:
-    doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text()
-    section = doc.split("## The OpenAI SDK", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    code = code.replace("http://127.0.0.1:8000", keyed.http).replace('"my-key"', repr(KEY))
-    code = code.replace('"audio.wav"', repr(str(clips[CLIP].path)))
+    replacements = {"http://127.0.0.1:8000": keyed.http, '"my-key"': repr(KEY), '"audio.wav"': repr(str(clips[CLIP].path))}
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(compile(code, "docs/integrations.md", "exec"), {})  # noqa: S102 - our own docs
+        run_snippet("The OpenAI SDK (file transcription)", replacements)
     assert word_error_rate(clips[CLIP].reference, printed.getvalue()) <= 0.15, printed.getvalue()
 
 

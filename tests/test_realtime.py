@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from tests.conftest import read_wav, start_server
+from tests.snippets import run_snippet
 from tests.streaming import resample, s16le, until, word_error_rate
 
 KEY = "realtime-test-key"
@@ -229,12 +230,7 @@ async def test_a_wrong_key_or_intent_is_refused(keyed) -> None:
 
 
 async def test_the_snippet_in_the_docs_works(keyed, clips) -> None:
-    doc = (Path(__file__).parents[1] / "docs" / "integrations.md").read_text()
-    section = doc.split("## The OpenAI SDK (live transcription)", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
-    code = code.replace("http://127.0.0.1:8000", keyed.http).replace('"my-key"', repr(KEY))
+    namespace = run_snippet("The OpenAI SDK (live transcription)", {"http://127.0.0.1:8000": keyed.http, '"my-key"': repr(KEY)})
     audio = np.concatenate([read_wav(clips["en_harvard_birch_canoe.wav"].path), np.zeros(16_000, dtype=np.float32)])
-    namespace: dict[str, Any] = {"__name__": "snippet", "PCM_24K": s16le(resample(audio, 24_000))}
-    exec(compile(code, "docs/integrations.md", "exec"), namespace)  # noqa: S102 - our own docs
-    text = await asyncio.wait_for(namespace["transcribe"](namespace["PCM_24K"]), 120)
+    text = await asyncio.wait_for(namespace["transcribe"](s16le(resample(audio, 24_000))), 120)
     assert word_error_rate(clips["en_harvard_birch_canoe.wav"].reference, text) <= 0.15, text
