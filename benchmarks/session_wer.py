@@ -80,7 +80,7 @@ def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool) -> list[Tra
 
 def main(args: argparse.Namespace) -> int:
     if args.prefix_words == 0:
-        context.SentWords.anchor = lambda self, start, earliest, room: None  # type: ignore[method-assign]
+        context.SentWords.anchor = lambda *_: None  # type: ignore[method-assign]
     else:
         context.PREFIX_WORDS = args.prefix_words
     engine, vad = load_engine(args.model), SileroVAD()
