@@ -132,6 +132,11 @@ def test_the_forced_prefix_s_words_are_cut_whatever_their_times() -> None:
     assert [w.word for w in segment.words or ()] == [" I", " would"] and segment.start == 1.9
 
 
+def test_a_result_of_the_prefix_alone_is_empty_though_its_last_word_lies_past_the_context() -> None:
+    engine = WordEngine(words_result((" call,", 0.4), (" please?", 2.3)))
+    assert transcribe(engine, prefixed(" call, please?")).segments == ()  # the time cut would keep "please?"
+
+
 def test_a_result_not_beginning_with_the_prefix_falls_back_to_the_time_cut() -> None:
     # A dropped segment took the prefix with it: counting words would eat new ones.
     result = words_result((" would", 2.6), (" like", 3.0))

@@ -297,7 +297,8 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     options = replace(request.options, word_timestamps=True)
     result = engine.transcribe(request.audio, options)
     if options.prefix is not None:
-        result = context.after_prefix(request, result) or context.cut(request, result)
+        after = context.after_prefix(request, result)
+        result = context.cut(request, result) if after is None else after
     elif request.context_s > 0:
         result = context.cut(request, result)
     elif not result.segments:
