@@ -144,8 +144,8 @@ class RealtimeTransport:
                     "session_already_configured",
                     "session",
                 )
-            self.configured = session
-            self.own(_event(kind.replace(".update", ".updated"), session=self.session_object()))
+            self.configured, self.update_kind = session, kind
+            self.own(self.updated())
             return
         self.update_kind, self.configured, self.metadata, self.server_vad = kind, session, metadata, server_vad
         self._pending.append({"type": "websocket.receive", "text": json.dumps(metadata)})
@@ -192,6 +192,10 @@ class RealtimeTransport:
 
     async def close(self, code: int, reason: str = "") -> None:
         await self.websocket.close(code, reason)
+
+    def updated(self) -> str:
+        """The answer to the client's update: ``session.updated`` or the beta name."""
+        return _event(self.update_kind.replace(".update", ".updated"), session=self.session_object())
 
     def session_object(self) -> dict[str, Any]:
         assert self.connection is not None
@@ -286,8 +290,7 @@ class RealtimeConnection(Connection):
             return
         if not self._configured and self.session.state is State.STREAMING:
             self._configured = True
-            kind = self.transport.update_kind.replace(".update", ".updated")
-            self.send_own(_event(kind, session=self.transport.session_object()))
+            self.send_own(self.transport.updated())
         if self.transport.server_vad:
             self._speech_events(progress)
         self._settle(progress.settled_below)
@@ -318,8 +321,7 @@ async def serve(websocket: WebSocket, app: Host) -> None:
     SESSION_ID.set(connection.session.session_id)  # this task's log lines, and its children's
     app.connections.add(connection)
     try:
-        created = {"type": "transcription", "object": "realtime.transcription_session", "id": f"sess_{connection.session.session_id}"}
-        await websocket.send_text(_event("session.created", session=created))
+        await websocket.send_text(_event("session.created", session=transport.session_object()))
         await connection.run()
     except (WebSocketDisconnect, RuntimeError, OSError):
         pass
