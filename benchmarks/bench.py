@@ -451,9 +451,12 @@ def word_error_rate(references: list[str], hypotheses: list[str]) -> float:
 
 def percentiles(values: Sequence[float]) -> dict[str, float | int | None]:
     if not len(values):
-        return {"n": 0, "p50": None, "p95": None, "max": None}
+        return {"n": 0, "mean": None, "p50": None, "p95": None, "max": None}
     array = np.asarray(values, dtype=float)
-    return {"n": len(array), "p50": float(np.percentile(array, 50)), "p95": float(np.percentile(array, 95)), "max": float(array.max())}
+    return {
+        "n": len(array), "mean": float(array.mean()), "p50": float(np.percentile(array, 50)),
+        "p95": float(np.percentile(array, 95)), "max": float(array.max()),
+    }
 
 
 # --------------------------------------------------------------------------- servers
@@ -526,6 +529,33 @@ class WhisperwireServer(ServerProcess):
         except OSError:
             return False
 
+    def stages(self) -> dict[str, float]:
+        return final_stages(f"http://127.0.0.1:{self.port}/metrics")
+
+
+STAGES = ("queue", "recognition", "encode", "send")
+
+
+def final_stages(metrics_url: str) -> dict[str, float]:
+    """The server's mean time per final in each stage after the final was asked for
+    (`whisperwire_final_stage_seconds`, docs/serving.md), and the mean of the whole."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as reply:
+        text = reply.read().decode()
+    sums: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.endswith(("_sum", "_count")):
+                sums[(sample.name, sample.labels.get("stage", ""))] = sample.value
+    means = {}
+    for stage in STAGES:
+        count = sums.get(("whisperwire_final_stage_seconds_count", stage), 0.0)
+        means[stage] = sums.get(("whisperwire_final_stage_seconds_sum", stage), 0.0) / count if count else float("nan")
+    count = sums.get(("whisperwire_final_latency_seconds_count", ""), 0.0)
+    means["asked_to_sent"] = sums.get(("whisperwire_final_latency_seconds_sum", ""), 0.0) / count if count else float("nan")
+    return means
+
 
 class WhisperLiveServer(ServerProcess):
     """WhisperLive's faster_whisper backend from its own environment, one shared model.
@@ -572,6 +602,7 @@ class RunResult:
     server_cpu_s: float | None
     server_peak_rss_mb: float | None
     wall_s: float
+    stages: dict[str, float] | None = None  # whisperwire's mean seconds per final, by stage
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -676,6 +707,9 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "out_of_order_finals": sum(s.out_of_order for s in admitted),
         "finals": sum(s.finals for s in admitted),
         "partials": sum(s.partials for s in admitted),
+        # Final latency in parts: speech end to the final asked for (the silence window, VAD
+        # batches and the hop to the session) is the client's p50 less the server's mean after.
+        "final_stages_mean_s": run.stages,
         "server_cpu_s": run.server_cpu_s,
         "server_cores": run.server_cpu_s / run.wall_s if run.server_cpu_s is not None and run.wall_s else None,
         "server_peak_rss_mb": run.server_peak_rss_mb,
@@ -723,13 +757,14 @@ def run_once(system: str, streams: int, clips: list[Clip], args: argparse.Namesp
         wall = time.monotonic() - began
         cpu = server.cpu_seconds() - cpu_before if server is not None and cpu_before is not None else None
         rss = server.peak_rss_mb() if server is not None else None
+        stages = server.stages() if isinstance(server, WhisperwireServer) else None
     finally:
         if server is not None:
             server.stop()
     progress.update(task, completed=sum(p.seconds for p in programmes))
     partials_expected = system == "whisperlive" or args.partials  # WhisperLive always sends them
     scores = [score_stream(p, log, partials_expected, system == "whisperlive") for p, log in zip(programmes, logs)]
-    return RunResult(system, streams, scores, programmes, cpu, rss, wall)
+    return RunResult(system, streams, scores, programmes, cpu, rss, wall, stages)
 
 
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
@@ -790,6 +825,11 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
         )
     console.print(table)
     console.print("latencies in seconds; final latency = final's arrival - wall time its speech's last sample was sent")
+    for s in summaries:
+        if s.get("final_stages_mean_s"):
+            parts = ", ".join(f"{k} {v:.3f}" for k, v in s["final_stages_mean_s"].items())
+            mean = s["final_latency_s"]["mean"]
+            console.print(f"{s['system']} N={s['streams']} per final, mean s: speech end to sent {_fmt(mean, '{:.3f}')} (client); after asked: {parts}")
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

@@ -27,6 +27,11 @@ def test_bench_on_one_clip_and_one_stream_measures_the_final_and_writes_json_and
     assert summary["wer_streaming"] <= 0.25 and summary["wer_offline"] <= 0.25
     assert summary["duplicated_finals"] == 0 and summary["out_of_order_finals"] == 0
     assert summary["server_cpu_s"] > 0 and summary["server_peak_rss_mb"] > 50
+    # The final's time after it was asked for, in parts, from the server's metrics.
+    stages = summary["final_stages_mean_s"]
+    assert set(stages) == {"queue", "recognition", "encode", "send", "asked_to_sent"}
+    assert 0 < stages["encode"] and 0 <= stages["send"] <= stages["asked_to_sent"]
+    assert "per final, mean s" in done.stdout
     [stream] = run["streams"]
     assert "greasy" in stream["hypotheses"]["0"].lower()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -63,6 +63,11 @@ async def test_metrics_count_what_the_server_did(engine, vad, clips) -> None:
     assert value("whisperwire_final_latency_seconds_count") == finals
     # Latency is measured, not assumed: every final took some time, none an absurd one.
     assert 0 < value("whisperwire_final_latency_seconds_sum") < 60 * finals
+    # Each final's time after it was asked for, in parts: every final has each part once.
+    for stage in ("queue", "recognition", "encode", "send"):
+        assert value("whisperwire_final_stage_seconds_count", stage=stage) == finals, stage
+    # The encoder ran for every final (Whisper cannot decode without it), and took real time.
+    assert value("whisperwire_final_stage_seconds_sum", stage="encode") > 0.001 * finals
     assert value("whisperwire_inference_seconds_count", kind="final") >= finals
     assert value("whisperwire_inference_seconds_count", kind="partial") == 0
     assert value("whisperwire_errors_total", code="invalid_metadata") == 1

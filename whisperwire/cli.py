@@ -110,7 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.ray:
         return _serve_on_ray(settings)
 
-    from .engine import load_warm_engine
+    from .capacity import prior_cost
+    from .engine import load_warm_engine, probe_recognition_s
     from .models import ModelError
     from .server import create_app
 
@@ -128,7 +129,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"error: could not load model {settings.model!r} on {settings.device}: {exc}", file=sys.stderr)
         return 1
 
-    app = create_app(engine, settings.server_config())
+    # Admission's prior for what a stream costs, until the streams themselves are measured.
+    cost = prior_cost(probe_recognition_s(engine)) if settings.stream_cost is None else settings.stream_cost or None
+    app = create_app(engine, settings.server_config(stream_cost_prior=cost))
     scheme = "wss" if settings.tls else "ws"
     log.info(
         "model %s loaded on %s; listening on %s://%s:%d/v1/websocket; %s",

@@ -20,6 +20,10 @@ class ServerConfig:
     # the inference thread, which means the streams already admitted are falling behind.
     max_sessions: int | None = 64
     max_queue_wait_s: float | None = 3.0
+    # And at as many streams as the inference workers hold (capacity.py): measured from the
+    # recent cost of finals per second of audio, or this prior (worker seconds per second of a
+    # stream's audio) until then; None: no prior, the measurement alone.
+    stream_cost_prior: float | None = None
     draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
     vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
     context_prompt: bool = False  # prompt each utterance with the previous one's text

@@ -16,21 +16,14 @@ from typing import Protocol
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .capacity import Capacity
 from .config import ServerConfig
 from .metrics import Metrics
 from .protocol import CloseCode, ErrorCode, ErrorMessage, ProtocolError, Transcription
 from .scheduler import Scheduler, Superseded
 from .session import Session
-from .values import (
-    CancelInference,
-    CloseConnection,
-    Engine,
-    Event,
-    InferenceRequest,
-    Result,
-    RunInference,
-    SendMessage,
-)
+from .values import (CancelInference, CloseConnection, Engine, Event, InferenceRequest, Result, RunInference,
+                     SendMessage, Timing)
 
 log = logging.getLogger("whisperwire.server")
 
@@ -53,6 +46,7 @@ class ConnectionHost(Protocol):
     config: ServerConfig
     scheduler: Scheduler
     metrics: Metrics
+    capacity: Capacity
     partials_dropped: int
 
 
@@ -207,6 +201,7 @@ class Connection:
         self._outbox = Outbox(app.config.send_buffer_bytes)
         self._arrived = 0.0  # when the item being handled reached the inbox
         self._final_asked: dict[int, float] = {}  # transcription_num -> when its audio ended
+        self._timing: dict[int, Timing] = {}  # transcription_num -> its latest draft's or final's
         self._audio_counted = 0.0
 
     @property
@@ -338,6 +333,7 @@ class Connection:
     def _count_audio(self) -> None:
         received = self.session.audio_received_s
         self.app.metrics.audio_received.inc(received - self._audio_counted)
+        self.app.capacity.received(received - self._audio_counted)
         self._audio_counted = received
 
     def _result(self, request: InferenceRequest, future: asyncio.Future[Result]) -> list[Event]:
@@ -349,7 +345,10 @@ class Connection:
         if error is not None:
             log.error("inference failed: %r", error)
             return self.session.inference_failed(request, error)
-        return self.session.inference_done(request, future.result())
+        result = future.result()
+        if request.kind != "partial" and result.timing is not None:
+            self._timing[request.transcription_num] = result.timing
+        return self.session.inference_done(request, result)
 
     def _act(self, events: list[Event]) -> bool:
         """Carry out the session's events; True once the session has closed."""
@@ -380,6 +379,8 @@ class Connection:
         if isinstance(message, ErrorMessage):
             self.app.metrics.errors.labels(code=message.error.code.value).inc()
         final = isinstance(message, Transcription) and message.is_final
+        if final:  # a final a draft answered during the silence window was never submitted
+            self._final_asked.setdefault(message.transcription_num, self._arrived)  # type: ignore[union-attr]
         partial = isinstance(message, Transcription) and not message.is_final
         dropped = self._outbox.put(
             message.model_dump_json(),
@@ -419,9 +420,21 @@ class Connection:
     def _final_sent(self, num: int) -> None:
         metrics = self.app.metrics
         metrics.utterances_finalised.inc()
-        asked = self._final_asked.pop(num, None)
+        asked, timing, now = self._final_asked.pop(num, None), self._timing.pop(num, None), self.loop.time()
         if asked is not None:
-            metrics.final_latency.observe(self.loop.time() - asked)
+            metrics.final_latency.observe(now - asked)
+            if timing is not None:
+                _observe_stages(metrics, asked, timing, now)
         # Finals go out in number order: older entries were utterances with no words.
-        for older in [n for n in self._final_asked if n < num]:
-            del self._final_asked[older]
+        for table in (self._final_asked, self._timing):
+            for older in [n for n in table if n < num]:
+                del table[older]
+
+
+def _observe_stages(metrics: Metrics, asked: float, timing: Timing, sent: float) -> None:
+    stage = metrics.final_stage
+    stage.labels(stage="queue").observe(max(0.0, timing.started_at - asked))
+    stage.labels(stage="recognition").observe(max(0.0, timing.ended_at - max(timing.started_at, asked)))
+    if timing.encode_s is not None:
+        stage.labels(stage="encode").observe(timing.encode_s)
+    stage.labels(stage="send").observe(max(0.0, sent - max(timing.ended_at, asked)))

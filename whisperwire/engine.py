@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,7 +56,22 @@ def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCO
 
 
 class FullPromptModel(WhisperModel):
-    """faster-whisper's WhisperModel that gives Whisper the whole prompt the protocol accepts."""
+    """faster-whisper's WhisperModel that gives Whisper the whole prompt the protocol accepts,
+    and times its encoder (per thread: the metrics split a recognition into encode and decode)."""
+
+    _encoding = threading.local()
+
+    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        began = time.perf_counter()
+        try:
+            return super().encode(features)
+        finally:
+            self._encoding.seconds = getattr(self._encoding, "seconds", 0.0) + time.perf_counter() - began
+
+    def encode_seconds(self) -> float:
+        """The encoder's time on this thread since the last call, and start again from 0."""
+        seconds, self._encoding.seconds = getattr(self._encoding, "seconds", 0.0), 0.0
+        return seconds
 
     def get_prompt(
         self,
@@ -199,6 +216,7 @@ class WhisperEngine:
         """
         audio = _as_mono_float32(audio)
         duration = len(audio) / SAMPLE_RATE
+        self._model.encode_seconds()  # from 0: language detection's encoding counts too
         if options.dynamic_preprocessing:
             # Imported here: the audio module is optional for engines that never preprocess.
             from whisperwire.audio import compress_dynamic_range
@@ -234,7 +252,7 @@ class WhisperEngine:
                 compression_ratio=segment.compression_ratio,
             )
         )
-        return Result(segments=kept, language=language, language_prob=language_prob)
+        return Result(segments=kept, language=language, language_prob=language_prob, encode_s=self._model.encode_seconds())
 
     def _choose_language(
         self, audio: np.ndarray, options: DecodeOptions
@@ -311,6 +329,19 @@ def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> Whis
     )
     engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en"))
     return engine
+
+
+def probe_recognition_s(engine: Engine, tries: int = 3) -> float:
+    """Seconds one recognition takes here: a second of silence with word times (the encoder's
+    full window and the alignment a final pays), timed once the engine is warm. The fastest of
+    a few: another process's burst should not set the server's capacity for good."""
+    silence, options = np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en", word_timestamps=True)
+    times = []
+    for _ in range(tries):
+        began = time.perf_counter()
+        engine.transcribe(silence, options)
+        times.append(time.perf_counter() - began)
+    return min(times)
 
 
 def count_prompt_tokens(tokenizer: Tokenizer, text: str) -> int:

@@ -106,6 +106,11 @@ class FinalsQueue:
         return self._entries[0].due.end if self._entries else None
 
     @property
+    def oldest_start(self) -> int | None:
+        """Where the audio of the oldest final still owed starts (absolute sample)."""
+        return self._entries[0].due.start if self._entries else None
+
+    @property
     def held_start(self) -> int | None:
         """Where the audio of the first held utterance starts: it must be kept until asked."""
         return next((e.due.start for e in self._entries if e.request is None), None)

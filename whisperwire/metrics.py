@@ -75,6 +75,16 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.final_stage = Histogram(
+            "whisperwire_final_stage_seconds",
+            "where a final's time went after it was asked for: queue (waiting for a worker), "
+            "recognition (its engine call, the part after it was asked for; a draft may have begun "
+            "before), encode (the encoder's share of that call, all of it), send (from the result, "
+            "or from the asking if a draft was already done, to the final written to the socket)",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.inference = Histogram(
             "whisperwire_inference_seconds",
             "time inside the engine per job",

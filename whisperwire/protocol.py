@@ -49,6 +49,7 @@ class ErrorCode(enum.StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL_ERROR = "internal_error"
     SERVER_BUSY = "server_busy"
+    SERVER_BEHIND = "server_behind"
     CLIENT_TOO_SLOW = "client_too_slow"
 
 
@@ -63,6 +64,7 @@ CLOSE_CODE_FOR: dict[ErrorCode, CloseCode | None] = {
     ErrorCode.FRAME_TOO_LARGE: CloseCode.MESSAGE_TOO_BIG,
     ErrorCode.INTERNAL_ERROR: CloseCode.INTERNAL_ERROR,
     ErrorCode.SERVER_BUSY: CloseCode.TRY_AGAIN_LATER,
+    ErrorCode.SERVER_BEHIND: CloseCode.TRY_AGAIN_LATER,
     ErrorCode.CLIENT_TOO_SLOW: CloseCode.POLICY_VIOLATION,
 }
 
@@ -413,3 +415,5 @@ class SessionLimits:
     metadata_timeout_s: float = 10.0
     idle_timeout_s: float = 60.0
     max_frame_bytes: int = 1024 * 1024
+    # A real-time stream whose audio waits longer than this for its final is closed (server_behind).
+    max_lag_s: float | None = 10.0

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from . import context, guards
-from .values import SAMPLE_RATE, DecodeOptions, Engine, InferenceRequest, Result
+from .values import SAMPLE_RATE, DecodeOptions, Engine, InferenceRequest, Result, Timing
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,11 @@ class Scheduler:
             if all(future.cancelled() for future, _ in job.futures):
                 self._finish(job, _set_exception, Superseded())
                 continue
-            began, waited = time.monotonic(), self.clock() - job.queued_at
+            began, started_at = time.monotonic(), self.clock()
+            waited = started_at - job.queued_at
             try:
                 result = self._run(job.request)
+                result = replace(result, timing=Timing(job.queued_at, started_at, self.clock(), result.encode_s))
             except Exception as exc:  # reported to the session, which closes with 1011
                 session_id = job.request.session_id
                 log.exception("inference failed for session %s", session_id, extra={"session_id": session_id})
@@ -324,7 +326,9 @@ def _skipped_end(engine: Engine, request: InferenceRequest, options: DecodeOptio
     # The language found for the whole utterance holds for its end too.
     options = replace(options, language=options.language or result.language)
     rest = engine.transcribe(request.audio[round(covered * SAMPLE_RATE) :], options)
-    return replace(result, segments=result.segments + tuple(guards.shifted(s, covered) for s in rest.segments))
+    encode_s = None if result.encode_s is None or rest.encode_s is None else result.encode_s + rest.encode_s
+    segments = result.segments + tuple(guards.shifted(s, covered) for s in rest.segments)
+    return replace(result, segments=segments, encode_s=encode_s)
 
 
 def _post(loop: asyncio.AbstractEventLoop, callback, *args: object) -> None:  # noqa: ANN001

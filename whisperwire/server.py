@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from . import realtime
+from .capacity import Capacity
 from .config import ServerConfig
 from .connection import FLUSH_TIMEOUT_S, SHUTDOWN, STOP, Connection
 from .logs import SESSION_ID
@@ -49,13 +50,17 @@ class Whisperwire:
         self.config = config
         self.vad = vad or SileroVAD()
         self.metrics = Metrics(self._live)
-        self.scheduler = Scheduler(
-            engine, on_inference=self.metrics.observe_inference, workers=config.inference_workers
-        )
+        self.scheduler = Scheduler(engine, on_inference=self._inference_done, workers=config.inference_workers)
+        self.capacity = Capacity(config.inference_workers, config.stream_cost_prior, lambda: self.scheduler.clock())
         self.connections: set[Connection] = set()
         self.draining = False
         self.partials_dropped = 0  # from the send buffers of clients that do not read
         self._origins = {_origin(o) for o in config.allowed_origins}
+
+    def _inference_done(self, kind: str, seconds: float) -> None:
+        self.metrics.observe_inference(kind, seconds)
+        if kind == "final":
+            self.capacity.recognised(seconds)
 
     def _live(self) -> LiveState:
         return LiveState(
@@ -108,6 +113,13 @@ class Whisperwire:
         limit = self.config.max_sessions
         if limit is not None and len(self.connections) >= limit:
             return f"server at capacity: {len(self.connections)} sessions open, the limit is {limit}; try again later"
+        held = self.capacity.streams()
+        if held is not None and len(self.connections) >= held:
+            return (
+                f"server at capacity: {len(self.connections)} streams open, and at the recent cost of "
+                f"recognition ({self.capacity.cost():.2f} s per second of audio) the server holds {held}; "
+                "try again later"
+            )
         wait_limit = self.config.max_queue_wait_s
         waited = self.scheduler.load().oldest_final_wait_s
         if wait_limit is not None and waited > wait_limit:

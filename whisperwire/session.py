@@ -23,32 +23,10 @@ from .endpointer import Boundary, Due, EndpointSettings, Endpointer, Progress
 from .finals import FinalsQueue
 from .options import check_model_support, decode_options
 from .pace import Pace
-from .protocol import (
-    CloseCode,
-    Control,
-    ErrorCode,
-    ErrorMessage,
-    Metadata,
-    ProtocolError,
-    SessionLimits,
-    Transcription,
-    parse_control,
-    parse_metadata,
-)
-from .values import (
-    SAMPLE_RATE,
-    WINDOW_SAMPLES,
-    CancelInference,
-    CloseConnection,
-    DecodeOptions,
-    Event,
-    InferenceRequest,
-    ModelInfo,
-    Result,
-    RunInference,
-    SendMessage,
-    SpeechProbabilities,
-)
+from .protocol import (CloseCode, Control, ErrorCode, ErrorMessage, Metadata, ProtocolError, SessionLimits,
+                       Transcription, parse_control, parse_metadata)
+from .values import (SAMPLE_RATE, WINDOW_SAMPLES, CancelInference, CloseConnection, DecodeOptions, Event,
+                     InferenceRequest, ModelInfo, Result, RunInference, SendMessage, SpeechProbabilities)
 
 __all__ = ["CancelInference", "CloseConnection", "Event", "InferenceRequest", "RunInference", "SendMessage", "Session", "State"]
 
@@ -260,7 +238,21 @@ class Session:
 
     def _audio(self, samples: np.ndarray, now: float) -> list[Event]:
         self._pace.audio(now, len(samples) / SAMPLE_RATE)  # 16 kHz: resampled already
-        return self._ingest(samples)
+        events = self._ingest(samples)
+        return events + self._behind()
+
+    def _behind(self) -> list[Event]:
+        """A real-time stream the server has fallen too far behind is told so and closed (1013), so
+        that it can move to another server rather than get finals ever staler. A stream sent faster
+        than real time is ahead by its own choice and is served as fast as the server can."""
+        limit, lag, end_s = self._limits.max_lag_s, self.lag_s, self._buffer.end / SAMPLE_RATE
+        if limit is None or lag <= limit or self._pace.faster_than_real_time(end_s):
+            return []
+        start = self._finals.oldest_start
+        unheard = (self._vad_pos if start is None else min(start, self._vad_pos)) / SAMPLE_RATE
+        return self._fail(ProtocolError(ErrorCode.SERVER_BEHIND, (
+            f"the server has fallen {lag:.1f} s behind this stream (limit {limit:g} s): the audio from "
+            f"{unheard:.2f} s of the stream on has no final; closing so that it can be sent to another server")))
 
     def _ingest(self, samples: np.ndarray, every_window: bool = False) -> list[Event]:
         assert self._stream is not None

@@ -101,6 +101,17 @@ class Settings(BaseModel):
     max_queue_wait: Annotated[float, Field(ge=0)] = _setting(
         ServerConfig.max_queue_wait_s, "refuse new streams while a final has waited this many seconds for recognition; 0: no limit"
     )
+    stream_cost: Annotated[float, Field(ge=0)] | None = _setting(
+        None,
+        "worker seconds one second of a stream's audio costs, assumed for admission until measured; "
+        "0: admit by measurement alone",
+        shown="timed at start-up",
+    )
+    max_lag: Annotated[float, Field(ge=0)] = _setting(
+        SessionLimits.max_lag_s,
+        "close a real-time stream (`server_behind`, 1013) once its audio has waited this many seconds "
+        "for its final; 0: never",
+    )
     encoder_window: Literal["fit", "full"] = _setting(
         "full",
         "`full`: always the 30 s window Whisper was trained on; `fit`: the 20, 25 or 30 s window "
@@ -155,6 +166,7 @@ class Settings(BaseModel):
             metadata_timeout_s=self.metadata_timeout,
             idle_timeout_s=self.idle_timeout,
             max_frame_bytes=self.max_frame_bytes,
+            max_lag_s=self.max_lag or None,
         )
 
     def server_config(self, **changes: Any) -> ServerConfig:

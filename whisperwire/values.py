@@ -74,10 +74,22 @@ class SegmentResult:
 
 
 @dataclass(frozen=True)
+class Timing:
+    """Where one recognition's time went, on the scheduler's clock (the event loop's too)."""
+
+    queued_at: float
+    started_at: float
+    ended_at: float
+    encode_s: float | None  # inside Whisper's encoder, where the engine says
+
+
+@dataclass(frozen=True)
 class Result:
     segments: tuple[SegmentResult, ...]
     language: str
     language_prob: float | None  # None when the language was given, not detected
+    encode_s: float | None = None  # seconds in the encoder, where the engine measures it
+    timing: Timing | None = None  # set by the scheduler, for the metrics
 
     @property
     def text(self) -> str:
