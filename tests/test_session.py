@@ -401,6 +401,19 @@ def test_partials_come_every_interval_of_speech_and_never_after_the_final() -> N
     assert (done.transcription_num, done.is_final, done.transcript) == (0, True, "")
 
 
+def test_a_partial_with_the_words_already_shown_is_not_sent() -> None:
+    session = make_session(streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5})
+    partials = requests(feed(session, speech(2.1)), "partial")
+    assert [m.transcript for m in messages(session.inference_done(partials[0], result("ask not")))] == ["ask not"]
+    assert messages(session.inference_done(partials[1], result("ask not"))) == []  # the same words again
+    assert [m.transcript for m in messages(session.inference_done(partials[2], result("ask not what")))] == ["ask not what"]
+    [final] = requests(feed(session, silence(0.5)))
+    session.inference_done(final, result("ask not what"))
+    later = requests(feed(session, speech(1.1)), "partial")
+    # The next utterance's partial with the same words is news: a new number.
+    assert [m.transcription_num for m in messages(session.inference_done(later[0], result("ask not what")))] == [1]
+
+
 def feed_in_real_time(session: Session, audio: np.ndarray, start: float = 0.0, frame_ms: int = 20) -> list:
     data, step, events = pcm(audio), RATE * frame_ms // 1000 * 2, []
     for n, i in enumerate(range(0, len(data), step)):

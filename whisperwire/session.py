@@ -91,6 +91,7 @@ class Session:
         self._draft: _Draft | None = None
         self._finals = FinalsQueue()
         self._last_partial: InferenceRequest | None = None  # the latest partial asked for
+        self._shown: tuple[int, str] | None = None  # the number and words of the latest partial sent
         self._sent = context.SentWords(SAMPLE_RATE)  # the words of the finals sent, for left contexts
 
     @property
@@ -370,8 +371,9 @@ class Session:
         if self._finals or self.state is not State.STREAMING or self._endpointer.open_num != request.transcription_num:
             return []
         result = guards.partial_result(request, result)
-        if not result.text:
-            return []
+        if not result.text or (request.transcription_num, result.text) == self._shown:
+            return []  # nothing, or the words the client already shows
+        self._shown = (request.transcription_num, result.text)
         self._finals.partial_sent(request.transcription_num)
         return [SendMessage(messages.transcription(request, result, is_final=False))]
 
