@@ -3,6 +3,7 @@
     python benchmarks/session_wer.py                      # every English clip, the defaults
     python benchmarks/session_wer.py --prefix-words 0     # left context by audio and time only
     python benchmarks/session_wer.py --prefix-words 4 --clip hvb --verbose
+    python benchmarks/session_wer.py --encoder-window fit --windows 10,15,20,25,30
 
 Each English clip of the manifest (not the padded JFK copy), with a second of silence after it,
 is fed to a `Session` in 100 ms frames with the default metadata and the server's defaults
@@ -10,8 +11,10 @@ is fed to a `Session` in 100 ms frames with the default metadata and the server'
 always keeps up, through `scheduler.transcribe` and the real tiny.en and Silero VAD. No
 network, no clock: the result depends only on the audio and the code, so variants of the left
 context can be compared in one run each (`--prefix-words`: how many of the words sent anchor it,
-0 for none). Offline is each whole clip decoded once (30 s windows, same model and beam).
-Corpus WER after Whisper's English normaliser. About 4 minutes on 2 cores.
+0 for none; `--encoder-window fit`: the smallest of `--windows` that holds each recognition's
+audio). Offline is each whole clip decoded once (30 s windows, same model and beam). Corpus WER
+after Whisper's English normaliser, and the process's CPU seconds in the streamed recognitions.
+About 4 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import AUDIO_DIR, _manifest, read_wav  # noqa: E402
-from whisperwire import context  # noqa: E402
+from whisperwire import context, engine as engines  # noqa: E402
 from whisperwire.config import ServerConfig  # noqa: E402
 from whisperwire.engine import load_engine  # noqa: E402
 from whisperwire.protocol import Transcription  # noqa: E402
@@ -83,19 +86,36 @@ def main(args: argparse.Namespace) -> int:
         context.SentWords.anchor = lambda *_: None  # type: ignore[method-assign]
     else:
         context.PREFIX_WORDS = args.prefix_words
-    engine, vad = load_engine(args.model), SileroVAD()
+    if args.windows:
+        engines.FittedWindowModel.windows_s = tuple(int(w) for w in args.windows.split(","))
+    engine, vad = load_engine(args.model, fit_window=args.encoder_window == "fit"), SileroVAD()
+    offline_engine = engine if args.encoder_window == "full" else load_engine(args.model)  # offline: 30 s windows
+    engine_s = [0.0]
+    timed = engine.transcribe
+
+    def transcribe_timed(audio, options):  # noqa: ANN001, ANN202
+        began = time.process_time()
+        try:
+            return timed(audio, options)
+        finally:
+            engine_s[0] += time.process_time() - began
+
+    engine.transcribe = transcribe_timed  # type: ignore[method-assign]
     clips = [
         c for name, c in _manifest().items()
         if c.language == "en" and name != "en_jfk_padded_3s_5s_silence.wav" and (not args.clip or any(k in name for k in args.clip))
     ]
-    print(f"model={args.model} prefix_words={args.prefix_words} audio={AUDIO_DIR}")
+    print(f"model={args.model} prefix_words={args.prefix_words} encoder_window={args.encoder_window} "
+          f"windows={engines.FittedWindowModel.windows_s if args.encoder_window == 'fit' else 30} audio={AUDIO_DIR}")
     started = time.monotonic()
-    rows = []
+    rows, streamed_s = [], 0.0
     for clip in clips:
         audio = read_wav(clip.path)
+        before = engine_s[0]
         finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose)
+        streamed_s += engine_s[0] - before
         streamed = " ".join(f.transcript for f in finals if f.transcript)
-        offline = engine.transcribe(audio, DecodeOptions(language="en")).text
+        offline = offline_engine.transcribe(audio, DecodeOptions(language="en")).text
         rows.append({"clip": clip.path.name, "reference": clip.reference, "streamed": streamed, "offline": offline, "finals": len(finals)})
         print(f"  {clip.path.name}: {len(finals)} finals, streamed {wer([clip.reference], [streamed]):.1%}, "
               f"offline {wer([clip.reference], [offline]):.1%}", flush=True)
@@ -103,10 +123,10 @@ def main(args: argparse.Namespace) -> int:
             print(f"    streamed: {streamed}\n    offline:  {offline}")
     refs = [r["reference"] for r in rows]
     streamed_wer, offline_wer = wer(refs, [r["streamed"] for r in rows]), wer(refs, [r["offline"] for r in rows])
-    print(f"English clips ({len(rows)}): streamed WER {streamed_wer:.2%}, offline {offline_wer:.2%} "
-          f"({time.monotonic() - started:.0f} s)")
+    print(f"English clips ({len(rows)}): streamed WER {streamed_wer:.2%}, offline {offline_wer:.2%}; "
+          f"streamed recognition CPU {streamed_s:.1f} s ({time.monotonic() - started:.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "clips": rows}, indent=1))
+        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "encoder_window": args.encoder_window, "windows": args.windows, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "recognition_cpu_s": streamed_s, "clips": rows}, indent=1))
     return 0
 
 
@@ -114,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny.en")
     parser.add_argument("--prefix-words", type=int, default=context.PREFIX_WORDS, help="words sent that anchor the left context; 0: none [%(default)s]")
+    parser.add_argument("--encoder-window", choices=["full", "fit"], default="full", help="as `whisperwire serve --encoder-window` [%(default)s]")
+    parser.add_argument("--windows", help="with fit: the encoder windows in seconds, e.g. 10,15,20,25,30 [20,25,30]")
     parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
     parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
     parser.add_argument("--json", type=Path, metavar="OUT")

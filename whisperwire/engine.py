@@ -98,8 +98,10 @@ class FittedWindowModel(FullPromptModel):
     of the content (``num_frames``), which the window always holds.
     """
 
+    windows_s = ENCODER_WINDOWS_S
+
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
-        window = encoder_window_frames(_content_frames(features))
+        window = encoder_window_frames(_content_frames(features), self.windows_s)
         return super().encode(features[..., :window])
 
 
