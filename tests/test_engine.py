@@ -69,6 +69,20 @@ def test_jfk_gives_the_reference_words(engine: WhisperEngine, jfk: np.ndarray) -
     assert result.mean_logprob is not None and -1.0 < result.mean_logprob < 0.0
 
 
+def test_two_replicas_recognise_two_utterances_at_once(jfk: np.ndarray, clip_audio) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    birch = clip_audio("en_harvard_birch_canoe.wav")
+    pair = load_engine("tiny.en", cpu_threads=1, replicas=2)
+    options = DecodeOptions(language="en", word_timestamps=True)
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(lambda audio: pair.transcribe(audio, options), [jfk, birch]))
+    assert _wer(JFK_REFERENCE, together[0].text) <= JFK_MAX_WER, together[0].text
+    assert _wer("The birch canoe slid on the smooth planks.", together[1].text) <= 1 / 8, together[1].text
+    # Each result's encoder time is its own call's, though both ran at once on other threads.
+    assert all(r.encode_s is not None and 0 < r.encode_s for r in together)
+
+
 def test_segment_token_counts_leave_out_timestamps(engine: WhisperEngine, jfk: np.ndarray) -> None:
     result = engine.transcribe(jfk, DecodeOptions(language="en"))
     # The decoded text re-encodes to the same text tokens; faster-whisper's own list also holds

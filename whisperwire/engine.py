@@ -115,9 +115,9 @@ def _content_frames(features: np.ndarray) -> int:
 class WhisperEngine:
     """A Whisper model run by CTranslate2 through faster-whisper.
 
-    Thread-safety: CTranslate2 serialises calls into its single replica (``num_workers=1``)
-    through its own job queue, so overlapping calls are safe but never parallel; the server
-    calls ``transcribe`` and ``detect_language`` from one worker thread anyway. Nothing here keeps
+    Thread-safety: CTranslate2 queues calls to its ``replicas`` model replicas (``num_workers``),
+    so overlapping calls are safe and up to ``replicas`` run in parallel; the server calls
+    ``transcribe`` and ``detect_language`` from as many worker threads as there are replicas. Nothing here keeps
     state between calls. ``count_tokens`` only reads the Rust tokenizer, which may be used from
     any thread (the event loop validates prompts with it while the worker decodes).
     """
@@ -131,6 +131,7 @@ class WhisperEngine:
         compute_type: str = "default",
         cpu_threads: int = 0,
         fit_window: bool = False,
+        replicas: int = 1,
     ) -> None:
         self.device = _resolve_device(device)
         self.compute_type = _resolve_compute_type(compute_type, self.device)
@@ -141,7 +142,7 @@ class WhisperEngine:
                 device=self.device,
                 compute_type=self.compute_type,
                 cpu_threads=cpu_threads,
-                num_workers=1,
+                num_workers=replicas,
             )
         except (RuntimeError, ValueError, OSError) as exc:
             raise ModelError(
@@ -303,6 +304,7 @@ def load_engine(
     cpu_threads: int = 0,
     cache_dir: Path | None = None,
     fit_window: bool = False,
+    replicas: int = 1,
 ) -> WhisperEngine:
     """Find (or assemble) the model named by ``spec`` and load it; see models.resolve_model."""
     model_dir = resolve_model(spec, cache_dir)
@@ -313,12 +315,15 @@ def load_engine(
         compute_type=compute_type,
         cpu_threads=cpu_threads,
         fit_window=fit_window,
+        replicas=replicas,
     )
 
 
-def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> WhisperEngine:
-    """The model ``settings`` name, loaded and run once: the first inference pays for lazy
-    initialisation, and the first client should not."""
+def load_warm_engine(settings: Settings, cpu_threads: int | None = None, replicas: int = 1) -> WhisperEngine:
+    """The model ``settings`` name, loaded and run once on each replica: the first inference
+    pays for lazy initialisation, and the first client should not."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from whisperwire.settings import usable_cores
 
     engine = load_engine(
@@ -328,8 +333,11 @@ def load_warm_engine(settings: Settings, cpu_threads: int | None = None) -> Whis
         cpu_threads=cpu_threads or settings.cpu_threads or usable_cores(),
         cache_dir=settings.cache_dir,
         fit_window=settings.encoder_window == "fit",
+        replicas=replicas,
     )
-    engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en"))
+    # As many calls at once as replicas: CTranslate2 gives each to a free replica.
+    with ThreadPoolExecutor(replicas) as pool:
+        list(pool.map(lambda _: engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en")), range(replicas)))
     return engine
 
 

@@ -1,4 +1,4 @@
-"""The one place inference runs: a worker thread shared by every session.
+"""The one place inference runs: worker threads shared by every session.
 
 Finals go first, then drafts (finals asked for during the silence window), then partials. A
 session has at most one draft or partial waiting: a newer one takes the older one's place in
@@ -6,10 +6,10 @@ the queue, so under load each session's partials come less often instead of pili
 session is pushed to the back each time it asks again. A final whose exact audio is already
 waiting or running as a draft reuses that work instead of repeating it.
 
-One worker suits an engine in this process, which uses every core inside one call. An engine
-that forwards to other machines (the Ray Serve recognizers) wants several calls in flight: give
-it ``workers`` threads, all taking jobs in the same order; a session still has at most one draft
-or partial running, since its newer one makes the older stale.
+Give it ``workers`` threads, all taking jobs in the same order: one per model replica of an
+engine in this process (`whisperwire serve --workers`), or as many calls as should be in
+flight to an engine that forwards to other machines (the Ray Serve recognizers). A session
+still has at most one draft or partial running, since its newer one makes the older stale.
 """
 
 from __future__ import annotations

@@ -56,6 +56,13 @@ class Settings(BaseModel):
         "which CTranslate2's own default does not",
         shown="cores usable",
     )
+    workers: Annotated[int, Field(ge=1)] | None = _setting(
+        None,
+        "recognitions run at once in this process, each on its own CTranslate2 replica with "
+        "`--cpu-threads` threads (by default the usable cores shared out among them); one thread "
+        "each holds more streams than one replica with every thread (BENCHMARKS.md)",
+        shown="cores usable (1 on cuda)",
+    )
     cache_dir: Path | None = _setting(
         None, "where `base` is assembled and hub models are downloaded", shown="`~/.cache/whisperwire`"
     )
@@ -323,6 +330,16 @@ def settings_table() -> str:
             flag += f" / `--no-{flag_of(name)[2:]}`"
         rows.append(f"| {flag} | `{env_of(name)}` | `{name}` | {shown} | {field.description} |")
     return "\n".join(rows)
+
+
+def workers(settings: Settings) -> int:
+    """Recognitions at once in this process: one per usable core on a CPU, one on a GPU."""
+    return settings.workers or (1 if settings.device == "cuda" else usable_cores())
+
+
+def threads_per_worker(settings: Settings) -> int:
+    """CTranslate2 threads for each of the recognitions at once."""
+    return settings.cpu_threads or max(1, usable_cores() // workers(settings))
 
 
 def usable_cores() -> int:
