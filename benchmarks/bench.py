@@ -529,32 +529,43 @@ class WhisperwireServer(ServerProcess):
         except OSError:
             return False
 
-    def stages(self) -> dict[str, float]:
-        return final_stages(f"http://127.0.0.1:{self.port}/metrics")
+    def metrics(self) -> dict[tuple[str, str], float]:
+        return scrape(f"http://127.0.0.1:{self.port}/metrics")
 
 
 STAGES = ("queue", "recognition", "encode", "send")
 
 
-def final_stages(metrics_url: str) -> dict[str, float]:
-    """The server's mean time per final in each stage after the final was asked for
-    (`whisperwire_final_stage_seconds`, docs/serving.md), and the mean of the whole."""
+def scrape(metrics_url: str) -> dict[tuple[str, str], float]:
+    """A server's metrics as {(sample name, its one label's value or ""): value}."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(metrics_url, timeout=5) as reply:
         text = reply.read().decode()
-    sums: dict[tuple[str, str], float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name.endswith(("_sum", "_count")):
-                sums[(sample.name, sample.labels.get("stage", ""))] = sample.value
+    return {
+        (sample.name, next(iter(sample.labels.values()), "")): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if len(sample.labels) <= 1
+    }
+
+
+def final_stages(metrics: dict[tuple[str, str], float]) -> dict[str, float]:
+    """The server's mean time per final in each stage after the final was asked for
+    (`whisperwire_final_stage_seconds`, docs/serving.md), and the mean of the whole."""
     means = {}
-    for stage in STAGES:
-        count = sums.get(("whisperwire_final_stage_seconds_count", stage), 0.0)
-        means[stage] = sums.get(("whisperwire_final_stage_seconds_sum", stage), 0.0) / count if count else float("nan")
-    count = sums.get(("whisperwire_final_latency_seconds_count", ""), 0.0)
-    means["asked_to_sent"] = sums.get(("whisperwire_final_latency_seconds_sum", ""), 0.0) / count if count else float("nan")
+    for stage in (*STAGES, ""):
+        prefix = "whisperwire_final_stage_seconds" if stage else "whisperwire_final_latency_seconds"
+        count = metrics.get((f"{prefix}_count", stage), 0.0)
+        means[stage or "asked_to_sent"] = metrics.get((f"{prefix}_sum", stage), 0.0) / count if count else float("nan")
     return means
+
+
+def draft_outcomes(metrics: dict[tuple[str, str], float]) -> dict[str, int]:
+    """Drafts begun and what became of them (`whisperwire_drafts_total`)."""
+    outcomes = {o: int(metrics.get(("whisperwire_drafts_total", o), 0)) for o in ("promoted", "withdrawn", "wasted")}
+    outcomes["ran_alone"] = int(metrics.get(("whisperwire_inference_seconds_count", "draft"), 0))
+    return outcomes
 
 
 class WhisperLiveServer(ServerProcess):
@@ -602,7 +613,7 @@ class RunResult:
     server_cpu_s: float | None
     server_peak_rss_mb: float | None
     wall_s: float
-    stages: dict[str, float] | None = None  # whisperwire's mean seconds per final, by stage
+    metrics: dict[tuple[str, str], float] | None = None  # whisperwire's /metrics at the end
     summary: dict[str, Any] = field(default_factory=dict)
 
 
@@ -709,7 +720,8 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "partials": sum(s.partials for s in admitted),
         # Final latency in parts: speech end to the final asked for (the silence window, VAD
         # batches and the hop to the session) is the client's p50 less the server's mean after.
-        "final_stages_mean_s": run.stages,
+        "final_stages_mean_s": final_stages(run.metrics) if run.metrics else None,
+        "drafts": draft_outcomes(run.metrics) if run.metrics else None,
         "server_cpu_s": run.server_cpu_s,
         "server_cores": run.server_cpu_s / run.wall_s if run.server_cpu_s is not None and run.wall_s else None,
         "server_peak_rss_mb": run.server_peak_rss_mb,
@@ -757,14 +769,14 @@ def run_once(system: str, streams: int, clips: list[Clip], args: argparse.Namesp
         wall = time.monotonic() - began
         cpu = server.cpu_seconds() - cpu_before if server is not None and cpu_before is not None else None
         rss = server.peak_rss_mb() if server is not None else None
-        stages = server.stages() if isinstance(server, WhisperwireServer) else None
+        metrics = server.metrics() if isinstance(server, WhisperwireServer) else None
     finally:
         if server is not None:
             server.stop()
     progress.update(task, completed=sum(p.seconds for p in programmes))
     partials_expected = system == "whisperlive" or args.partials  # WhisperLive always sends them
     scores = [score_stream(p, log, partials_expected, system == "whisperlive") for p, log in zip(programmes, logs)]
-    return RunResult(system, streams, scores, programmes, cpu, rss, wall, stages)
+    return RunResult(system, streams, scores, programmes, cpu, rss, wall, metrics)
 
 
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
@@ -830,6 +842,7 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in s["final_stages_mean_s"].items())
             mean = s["final_latency_s"]["mean"]
             console.print(f"{s['system']} N={s['streams']} per final, mean s: speech end to sent {_fmt(mean, '{:.3f}')} (client); after asked: {parts}")
+            console.print(f"  drafts: {s['drafts']}")
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

@@ -32,6 +32,8 @@ def test_bench_on_one_clip_and_one_stream_measures_the_final_and_writes_json_and
     assert set(stages) == {"queue", "recognition", "encode", "send", "asked_to_sent"}
     assert 0 < stages["encode"] and 0 <= stages["send"] <= stages["asked_to_sent"]
     assert "per final, mean s" in done.stdout
+    assert set(summary["drafts"]) == {"promoted", "withdrawn", "wasted", "ran_alone"}
+    assert summary["drafts"]["promoted"] + summary["drafts"]["ran_alone"] >= 1  # the one final began as a draft
     [stream] = run["streams"]
     assert "greasy" in stream["hypotheses"]["0"].lower()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

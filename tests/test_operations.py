@@ -68,6 +68,10 @@ async def test_metrics_count_what_the_server_did(engine, vad, clips) -> None:
         assert value("whisperwire_final_stage_seconds_count", stage=stage) == finals, stage
     # The encoder ran for every final (Whisper cannot decode without it), and took real time.
     assert value("whisperwire_final_stage_seconds_sum", stage="encode") > 0.001 * finals
+    # The drafts' outcomes are exported, each (tests/test_scheduler.py counts them).
+    for outcome in ("promoted", "withdrawn", "wasted"):
+        assert ("whisperwire_drafts_total", (("outcome", outcome),)) in values, outcome
+    assert value("whisperwire_drafts_total", outcome="wasted") <= value("whisperwire_inference_seconds_count", kind="draft")
     assert value("whisperwire_inference_seconds_count", kind="final") >= finals
     assert value("whisperwire_inference_seconds_count", kind="partial") == 0
     assert value("whisperwire_errors_total", code="invalid_metadata") == 1

@@ -145,6 +145,21 @@ async def test_a_final_of_other_audio_drops_the_draft_and_a_withdrawn_draft_neve
     assert len(engine.calls) == 2 and scheduler.stats.drafts_withdrawn == 1
 
 
+async def test_a_draft_withdrawn_once_it_has_begun_is_counted_wasted(gated) -> None:
+    engine, scheduler = gated
+    running = request(engine, "a", "draft")
+    scheduler.submit(running)
+    assert await started(engine) is running
+    scheduler.withdraw(running)  # the speech went on while it ran
+    engine.release()
+    finished = request(engine, "b", "draft")
+    future = scheduler.submit(finished)
+    engine.release()
+    await asyncio.wait_for(future, 10)
+    scheduler.withdraw(finished)  # it had already run
+    assert (scheduler.stats.drafts_wasted, scheduler.stats.drafts_withdrawn) == (2, 0)
+
+
 async def test_load_reports_how_long_the_oldest_final_has_waited(gated) -> None:
     engine, scheduler = gated
     scheduler.submit(request(engine, "z", "final"))

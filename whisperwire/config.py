@@ -17,7 +17,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     # Admission control: a new stream is refused (server_busy, 1013) at max_sessions open
     # sessions (None: no limit), or while a final has waited longer than max_queue_wait_s for
-    # the inference thread, which means the streams already admitted are falling behind.
+    # an inference worker, which means the streams already admitted are falling behind.
     max_sessions: int | None = 64
     max_queue_wait_s: float | None = 3.0
     # And at as many streams as the inference workers hold (capacity.py): measured from the
@@ -27,5 +27,6 @@ class ServerConfig:
     draft_finals: bool = True  # start finals during the silence window (session.py, drafts)
     vad_batch: int = 3  # VAD windows per run: under half the CPU per window, seen up to 64 ms later
     context_prompt: bool = False  # prompt each utterance with the previous one's text
-    # Recognitions in flight at once: 1 for an engine in this process, more for a remote one.
+    # Recognitions at once: one per model replica of an engine in this process (`serve --workers`),
+    # more for a remote one.
     inference_workers: int = 1

@@ -25,6 +25,7 @@ class LiveState:
     active_sessions: int
     queue_depth: int
     partials_superseded: int
+    drafts: dict[str, int]  # by outcome: promoted, withdrawn, wasted (scheduler.SchedulerStats)
     partials_dropped_slow_client: int
     send_buffer_bytes: int
 
@@ -53,6 +54,17 @@ class _Live(Collector):
         skipped.add_metric(["superseded"], state.partials_superseded)
         skipped.add_metric(["slow_client"], state.partials_dropped_slow_client)
         yield skipped
+        drafts = CounterMetricFamily(
+            "whisperwire_drafts",
+            "finals begun when the silence began, by outcome: promoted (its final took it over while "
+            "it waited or ran), withdrawn (the speech went on before it ran: free), wasted (the speech "
+            "went on after it began). A draft done before its final was due is counted in "
+            "whisperwire_inference_seconds{kind=\"draft\"}, as the wasted ones are",
+            labels=["outcome"],
+        )
+        for outcome, count in state.drafts.items():
+            drafts.add_metric([outcome], count)
+        yield drafts
 
 
 class Metrics:

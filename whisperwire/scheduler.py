@@ -48,6 +48,7 @@ class SchedulerStats:
     partials_superseded: int = 0
     drafts_promoted: int = 0  # drafts that became their utterance's final
     drafts_withdrawn: int = 0  # dropped before running: the speech went on
+    drafts_wasted: int = 0  # the speech went on after the draft had begun running
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,8 @@ class Scheduler:
                 if request.kind == "draft":
                     self.stats.drafts_withdrawn += 1
                 self._supersede(job)
+            elif request.kind == "draft":
+                self.stats.drafts_wasted += 1  # it ran, or is running, for nothing
 
     def cancel_session(self, session_id: str) -> None:
         """The client went away: forget its waiting work (a running job finishes unseen)."""

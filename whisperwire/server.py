@@ -67,6 +67,11 @@ class Whisperwire:
             active_sessions=len(self.connections),
             queue_depth=self.scheduler.queue_depth,
             partials_superseded=self.scheduler.stats.partials_superseded,
+            drafts={
+                "promoted": self.scheduler.stats.drafts_promoted,
+                "withdrawn": self.scheduler.stats.drafts_withdrawn,
+                "wasted": self.scheduler.stats.drafts_wasted,
+            },
             partials_dropped_slow_client=self.partials_dropped,
             send_buffer_bytes=sum(c.send_backlog for c in self.connections),
         )
