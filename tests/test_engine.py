@@ -83,6 +83,26 @@ def test_two_replicas_recognise_two_utterances_at_once(jfk: np.ndarray, clip_aud
     assert all(r.encode_s is not None and 0 < r.encode_s for r in together)
 
 
+def test_a_partial_is_encoded_in_a_window_that_fits_and_the_next_call_in_30_s(engine: WhisperEngine, jfk: np.ndarray, clip_audio, monkeypatch) -> None:
+    from faster_whisper import WhisperModel
+
+    frames: list[int] = []
+    encode = WhisperModel.encode
+
+    def recorded(model, features):  # noqa: ANN001, ANN202 - what reaches CTranslate2
+        frames.append(features.shape[-1])
+        return encode(model, features)
+
+    monkeypatch.setattr(WhisperModel, "encode", recorded)
+    birch = clip_audio("en_harvard_birch_canoe.wav")  # 3.3 s
+    partials = [engine.transcribe(audio, DecodeOptions(language="en", fit_window=True)) for audio in (birch, jfk)]
+    final = engine.transcribe(birch, DecodeOptions(language="en"))
+    assert frames == [1000, 1500, 3000]  # 10 s, 15 s, then the full 30 s window again
+    assert _wer("The birch canoe slid on the smooth planks.", partials[0].text) <= 1 / 8, partials[0].text
+    assert _wer(JFK_REFERENCE, partials[1].text) <= JFK_MAX_WER, partials[1].text
+    assert final.text and partials[0].encode_s is not None
+
+
 def test_segment_token_counts_leave_out_timestamps(engine: WhisperEngine, jfk: np.ndarray) -> None:
     result = engine.transcribe(jfk, DecodeOptions(language="en"))
     # The decoded text re-encodes to the same text tokens; faster-whisper's own list also holds

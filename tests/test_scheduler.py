@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from whisperwire.engine import DecodeOptions, ModelInfo, Result, SegmentResult, Word
-from whisperwire.scheduler import Scheduler, Superseded, transcribe
+from whisperwire.scheduler import DRAFTS_BELOW_BUSY, Scheduler, Superseded, transcribe
 from whisperwire.session import InferenceRequest
 
 OPTIONS = DecodeOptions(language="en")
@@ -158,6 +158,37 @@ async def test_a_draft_withdrawn_once_it_has_begun_is_counted_wasted(gated) -> N
     await asyncio.wait_for(future, 10)
     scheduler.withdraw(finished)  # it had already run
     assert (scheduler.stats.drafts_wasted, scheduler.stats.drafts_withdrawn) == (2, 0)
+
+
+async def test_while_the_workers_are_busy_drafts_wait_for_their_finals_and_partials_go_first() -> None:
+    engine, now = GatedEngine(), [0.0]
+    scheduler = Scheduler(engine, clock=lambda: now[0])
+    scheduler.start()
+    try:
+        scheduler.submit(request(engine, "z", "final"))
+        await started(engine)
+        now[0] = 8.0  # that final has kept the one worker busy for 8 of the last 10 s
+        draft = request(engine, "a", "draft")
+        scheduler.submit(draft)
+        partial = request(engine, "b", "partial")
+        scheduler.submit(partial)
+        engine.release()
+        assert await started(engine) is partial  # the draft waits: the worker was 80 % busy
+        assert scheduler.busy_share() >= DRAFTS_BELOW_BUSY
+        final = scheduler.submit(InferenceRequest("a", "final", 0, draft.audio[:], 0.0, OPTIONS, replaces=draft.request_id))
+        engine.release()
+        assert await started(engine) is draft  # taken over by its final, and run once, as the final
+        engine.release()
+        await asyncio.wait_for(final, 10)
+        assert scheduler.stats.drafts_promoted == 1 and len(engine.calls) == 3
+        now[0] = 30.0  # idle since: drafts run as soon as they are asked for again
+        later = request(engine, "c", "draft")
+        scheduler.submit(later)
+        assert await started(engine) is later
+    finally:
+        for _ in range(5):
+            engine.release()
+        await asyncio.to_thread(scheduler.stop)
 
 
 async def test_load_reports_how_long_the_oldest_final_has_waited(gated) -> None:

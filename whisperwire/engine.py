@@ -45,6 +45,10 @@ FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 # a 15 s floor costs 1.1 points, and shorter windows make the model misplace its timestamps
 # and repeat itself. A few fixed sizes rather than any length keep batch shapes few on a GPU.
 ENCODER_WINDOWS_S = (20, 25, 30)
+# A partial's encoder windows (`DecodeOptions.fit_window`): what a partial shows is replaced by
+# its final within seconds, so it may trade words for speed; 10 s at the least, since shorter
+# windows make tiny.en repeat the sentence after its end. BENCHMARKS.md, "Partials".
+PARTIAL_WINDOWS_S = (10, 15, 20, 25, 30)
 
 
 def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCODER_WINDOWS_S) -> int:
@@ -57,16 +61,25 @@ def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCO
 
 class FullPromptModel(WhisperModel):
     """faster-whisper's WhisperModel that gives Whisper the whole prompt the protocol accepts,
-    and times its encoder (per thread: the metrics split a recognition into encode and decode)."""
+    times its encoder (per thread: the metrics split a recognition into encode and decode), and
+    fits the encoder's window to the audio for the calls that ask (``fitting``, per thread)."""
 
     _encoding = threading.local()
 
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        windows = getattr(self._encoding, "windows", None)
+        if windows is not None:
+            features = features[..., : encoder_window_frames(_content_frames(features), windows)]
         began = time.perf_counter()
         try:
             return super().encode(features)
         finally:
             self._encoding.seconds = getattr(self._encoding, "seconds", 0.0) + time.perf_counter() - began
+
+    def fitting(self, windows_s: tuple[int, ...] | None) -> None:
+        """This thread's next calls encode in the smallest of ``windows_s`` that holds the audio
+        (None: as the model does otherwise)."""
+        self._encoding.windows = windows_s
 
     def encode_seconds(self) -> float:
         """The encoder's time on this thread since the last call, and start again from 0."""
@@ -210,6 +223,13 @@ class WhisperEngine:
         return code, (best / total if total > 0 else 1.0 / len(probs))
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
+        self._model.fitting(PARTIAL_WINDOWS_S if options.fit_window else None)
+        try:
+            return self._transcribe(audio, options)
+        finally:
+            self._model.fitting(None)
+
+    def _transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
         """Decode the whole utterance in one go and return its kept segments.
 
         Decoding is greedy or beam search at temperature 0 only: the output is deterministic

@@ -27,6 +27,13 @@ from .values import SAMPLE_RATE, DecodeOptions, Engine, InferenceRequest, Result
 
 log = logging.getLogger(__name__)
 
+# Drafts wait for their final while the workers were busy more than this share of the last
+# BUSY_WINDOW_S: under load a draft begun in a moment of idleness holds a worker that the finals
+# arriving next need, and a quarter of the drafts begun at eight streams were wasted (the speech
+# went on). A waiting draft is not lost: its final takes it over. BENCHMARKS.md, Capacity.
+DRAFTS_BELOW_BUSY = 0.7
+BUSY_WINDOW_S = 10.0
+
 
 class Superseded(Exception):
     """A waiting partial or draft was replaced, withdrawn, or taken over by a final."""
@@ -37,6 +44,7 @@ class _Job:
     request: InferenceRequest
     futures: list[tuple[asyncio.Future[Result], asyncio.AbstractEventLoop]]
     queued_at: float
+    started_at: float = 0.0
     final: bool = False  # a final, or a draft a final took over
     other: bool = False  # taken from the drafts and partials: holds its session's one slot
 
@@ -81,6 +89,7 @@ class Scheduler:
         self._others: OrderedDict[str, _Job] = OrderedDict()  # one per session, in queue order
         self._running: list[_Job] = []
         self._others_running: set[str] = set()  # sessions with a draft or partial on a worker
+        self._busy: deque[tuple[float, float]] = deque()  # (started, ended) of recent engine calls
         self._ready = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -220,17 +229,34 @@ class Scheduler:
                 else:
                     self._ready.wait()
                     continue
+                job.started_at = self.clock()
                 self._running.append(job)
                 return job
 
     def _first_other(self) -> str | None:
-        # Drafts before partials: a draft is a final that is almost due. With several workers a
-        # session's next one waits for its running one rather than running beside it.
+        # Drafts before partials: a draft is a final that is almost due, unless the workers are
+        # busy (DRAFTS_BELOW_BUSY). With several workers a session's next one waits for its
+        # running one rather than running beside it.
         free = [(sid, job) for sid, job in self._others.items() if sid not in self._others_running]
+        drafts = self._busy_share() < DRAFTS_BELOW_BUSY
         for session_id, job in free:
-            if job.request.kind == "draft":
+            if job.request.kind == "draft" and drafts:
                 return session_id
-        return free[0][0] if free else None
+        return next((sid for sid, job in free if job.request.kind != "draft"), None)
+
+    def busy_share(self) -> float:
+        """The share of the last BUSY_WINDOW_S the workers spent in the engine."""
+        with self._ready:
+            return self._busy_share()
+
+    def _busy_share(self) -> float:
+        now = self.clock()
+        since = now - BUSY_WINDOW_S
+        while self._busy and self._busy[0][1] <= since:
+            self._busy.popleft()
+        spans = [*self._busy, *((job.started_at, now) for job in self._running)]
+        busy = sum(end - max(start, since) for start, end in spans)
+        return busy / (BUSY_WINDOW_S * self.workers)
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
@@ -264,6 +290,7 @@ class Scheduler:
         # list of futures or finds no running job and queues work of its own.
         with self._ready:
             self._running.remove(job)
+            self._busy.append((job.started_at, self.clock()))
             if job.other:
                 self._others_running.discard(job.request.session_id)
                 self._ready.notify_all()  # its session's next draft or partial may run now
@@ -293,10 +320,11 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     skipped end decoded again (once).
 
     Here rather than in an engine so that every engine, a remote one too, gets it. Partials do
-    without: the next partial or the final is decoded anew anyway.
+    without: the next partial or the final is decoded anew anyway; and they are encoded in a
+    window that fits their audio, since what they show is replaced by the final.
     """
     if request.kind == "partial":
-        return engine.transcribe(request.audio, request.options)
+        return engine.transcribe(request.audio, replace(request.options, fit_window=True))
     # Word times always: the context is cut by them, and the session keeps the words it sent
     # (context.SentWords); messages carry them only when the client asked.
     options = replace(request.options, word_timestamps=True)

@@ -51,6 +51,9 @@ class DecodeOptions:
     # The words already sent for the left context's audio: Whisper's output is forced to begin
     # with them, so it goes on from there (context.py).
     prefix: str | None = None
+    # Encode in the smallest window that holds the audio (engine.PARTIAL_WINDOWS_S), not 30 s:
+    # for partials, which their final replaces.
+    fit_window: bool = False
 
 
 @dataclass(frozen=True)
