@@ -41,7 +41,8 @@ class GatedEngine:
         self.calls.append(request)
         self.started.release()
         assert self._go.acquire(timeout=10), "test never released the engine"
-        return Result(segments=(), language="en", language_prob=None)
+        # Some words: a partial that came back empty would be decoded once more (transcribe()).
+        return Result(segments=(segment(" Gated words.", 0.0, 1.0),), language="en", language_prob=None)
 
     def release(self) -> None:
         self._go.release()
@@ -273,4 +274,20 @@ def test_silence_after_the_last_segment_is_not_decoded_again() -> None:
 def test_a_partial_is_not_decoded_again() -> None:
     engine = EarlyEndEngine()
     assert transcribe(engine, utterance_request("partial", windows(0.0, 6.0))).text == "Erster Satz."
-    assert len(engine.calls) == 1
+    assert len(engine.calls) == 1 and engine.calls[0][1].fit_window  # in a window that fits it
+
+
+class ShortWindowDeafEngine(EarlyEndEngine):
+    """Hears nothing in a fitted window, the sentence in the full one."""
+
+    def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
+        self.calls.append((audio, options))
+        if options.fit_window:
+            return Result(segments=(), language="en", language_prob=None)
+        return Result(segments=(segment(" Ask not.", 0.0, 1.0),), language="en", language_prob=None)
+
+
+def test_a_partial_the_fitted_window_heard_nothing_in_is_decoded_in_30_s() -> None:
+    engine = ShortWindowDeafEngine()
+    assert transcribe(engine, utterance_request("partial", windows(0.0, 1.0))).text == "Ask not."
+    assert [options.fit_window for _, options in engine.calls] == [True, False]

@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from whisperwire.engine import DecodeOptions, ModelInfo, Result
+from whisperwire.engine import DecodeOptions, ModelInfo, Result, SegmentResult
 from whisperwire.scheduler import Scheduler
 from whisperwire.session import InferenceRequest
 
@@ -44,7 +44,9 @@ class GatedEngine:
         self.gates.setdefault(session, threading.Event()).wait(timeout=30)
         with self.changed:
             self.running.remove(job)
-        return Result(segments=(), language="en", language_prob=None)
+        # Some words: a partial that came back empty would be decoded once more (transcribe()).
+        words = SegmentResult(" Gated.", 0.0, 1.0, -0.2, 1, 0.01, 1.0, None)
+        return Result(segments=(words,), language="en", language_prob=None)
 
     def wait_running(self, count: int) -> list[tuple[str, str, int]]:
         with self.changed:

@@ -45,9 +45,8 @@ FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
 # a 15 s floor costs 1.1 points, and shorter windows make the model misplace its timestamps
 # and repeat itself. A few fixed sizes rather than any length keep batch shapes few on a GPU.
 ENCODER_WINDOWS_S = (20, 25, 30)
-# A partial's encoder windows (`DecodeOptions.fit_window`): what a partial shows is replaced by
-# its final within seconds, so it may trade words for speed; 10 s at the least, since shorter
-# windows make tiny.en repeat the sentence after its end. BENCHMARKS.md, "Partials".
+# A partial's encoder windows (`DecodeOptions.fit_window`): its final replaces it within seconds;
+# 10 s at the least, since shorter ones make tiny.en repeat the sentence. BENCHMARKS.md, Partials.
 PARTIAL_WINDOWS_S = (10, 15, 20, 25, 30)
 
 

@@ -324,7 +324,10 @@ def transcribe(engine: Engine, request: InferenceRequest) -> Result:
     window that fits their audio, since what they show is replaced by the final.
     """
     if request.kind == "partial":
-        return engine.transcribe(request.audio, replace(request.options, fit_window=True))
+        fitted = engine.transcribe(request.audio, replace(request.options, fit_window=True))
+        # A short utterance can come back empty from a short window ("ask not" from 10 s) where
+        # the 30 s one hears it: then once more, as Whisper was trained.
+        return fitted if fitted.segments else engine.transcribe(request.audio, request.options)
     # Word times always: the context is cut by them, and the session keeps the words it sent
     # (context.SentWords); messages carry them only when the client asked.
     options = replace(request.options, word_timestamps=True)
