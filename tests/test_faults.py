@@ -355,9 +355,13 @@ async def test_a_drain_that_runs_out_of_time_still_closes_every_session_1001(eng
 
 def test_short_soak_every_utterance_gets_exactly_one_final(tmp_path: Path) -> None:
     report_path = tmp_path / "soak.json"
+    # 20 s is too short to tell a leak from two model replicas reaching their working memory
+    # (their warm point is 5 s in; measured growth after it 5-58 MB in such runs): leaks are
+    # the 200-disconnect test's and the long soak's (BENCHMARKS.md) to find; this one is about
+    # finals, with a margin that still fails a session's audio kept alive per clip.
     done = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "soak.py"), "--streams", "2", "--seconds", "20", "--session-clips", "3",
-         "--rss-every", "1", "--json", str(report_path), "--server-log", str(tmp_path / "server.log")],
+         "--rss-every", "1", "--rss-margin-mb", "100", "--json", str(report_path), "--server-log", str(tmp_path / "server.log")],
         capture_output=True,
         text=True,
         timeout=600,

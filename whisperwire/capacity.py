@@ -15,9 +15,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
+
+from .values import SAMPLE_RATE, DecodeOptions, Engine
 
 WINDOW_S = 30.0  # the cost is measured over about this long
 BUCKET_S = 5.0  # in buckets this long: the oldest leaves whole
@@ -26,10 +31,23 @@ MIN_AUDIO_S = 20.0  # audio measured before the measurement replaces the prior
 # in bursts (several streams' finals due at once).
 TARGET_BUSY = 0.8
 # The prior, as worker seconds per audio second for each second that one probe recognition (a
-# second of silence with word times, `engine.probe_recognition_s`) takes at start-up. Measured
+# second of silence with word times, `probe_recognition_s`) takes at start-up. Measured
 # on the shared English clips through the session core: 0.21 finals with words per second of
 # audio, each taking 1.4 probes (BENCHMARKS.md, Capacity).
 COST_PER_PROBE_S = 0.3
+
+
+def probe_recognition_s(engine: Engine, tries: int = 3) -> float:
+    """Seconds one recognition takes here: a second of silence with word times (the encoder's
+    full window and the alignment a final pays), timed once the engine is warm. The fastest of
+    a few: another process's burst should not set the server's capacity for good."""
+    silence, options = np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en", word_timestamps=True)
+    times = []
+    for _ in range(tries):
+        began = time.perf_counter()
+        engine.transcribe(silence, options)
+        times.append(time.perf_counter() - began)
+    return min(times)
 
 
 def prior_cost(probe_s: float) -> float:

@@ -110,8 +110,8 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.ray:
         return _serve_on_ray(settings)
 
-    from .capacity import prior_cost
-    from .engine import load_warm_engine, probe_recognition_s
+    from .capacity import prior_cost, probe_recognition_s
+    from .engine import load_warm_engine
     from .models import ModelError
     from .server import create_app
 

@@ -354,23 +354,13 @@ def load_warm_engine(settings: Settings, cpu_threads: int | None = None, replica
         fit_window=settings.encoder_window == "fit",
         replicas=replicas,
     )
-    # As many calls at once as replicas: CTranslate2 gives each to a free replica.
+    # Each replica (calls at once go to free ones) in each window a partial may get, word times on:
+    # CTranslate2 keeps buffers per shape, so memory is at its working size before any client.
+    options = DecodeOptions(language="en", word_timestamps=True, fit_window=True)
     with ThreadPoolExecutor(replicas) as pool:
-        list(pool.map(lambda _: engine.transcribe(np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en")), range(replicas)))
+        for audio in (np.zeros((seconds - 1) * SAMPLE_RATE, np.float32) for seconds in PARTIAL_WINDOWS_S):
+            list(pool.map(lambda _: engine.transcribe(audio, options), range(replicas)))  # noqa: B023
     return engine
-
-
-def probe_recognition_s(engine: Engine, tries: int = 3) -> float:
-    """Seconds one recognition takes here: a second of silence with word times (the encoder's
-    full window and the alignment a final pays), timed once the engine is warm. The fastest of
-    a few: another process's burst should not set the server's capacity for good."""
-    silence, options = np.zeros(SAMPLE_RATE, dtype=np.float32), DecodeOptions(language="en", word_timestamps=True)
-    times = []
-    for _ in range(tries):
-        began = time.perf_counter()
-        engine.transcribe(silence, options)
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def count_prompt_tokens(tokenizer: Tokenizer, text: str) -> int:
