@@ -300,7 +300,10 @@ class RealtimeConnection(Connection):
             num, self._speaking = self._speaking, None
             self.send_own(_event("input_audio_buffer.speech_stopped", item_id=_item(num), audio_end_ms=_ms(progress.last_end)))
             self._commit(num)
-        if progress.speaking is not None and progress.speaking != self._speaking:
+        # A turn before this one that opened and ended within one batch of audio (sent faster than
+        # real time) is announced at its final; until then this one waits, so items go in order.
+        waiting = max(self._announced, self._completed, progress.settled_below - 1) + 1 < (progress.speaking or 0)
+        if progress.speaking is not None and progress.speaking != self._speaking and not waiting:
             self._speaking = progress.speaking
             self._announced = max(self._announced, progress.speaking)
             self.send_own(_event("input_audio_buffer.speech_started", item_id=_item(progress.speaking), audio_start_ms=_ms(progress.heard_from)))
