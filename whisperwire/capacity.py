@@ -54,6 +54,7 @@ def prior_cost(probe_s: float) -> float:
     """The cost assumed until measured, from the start-up probe's time."""
     return COST_PER_PROBE_S * probe_s
 
+
 @dataclass
 class _Bucket:
     start: float

@@ -64,9 +64,10 @@ class FullPromptModel(WhisperModel):
     fits the encoder's window to the audio for the calls that ask (``fitting``, per thread)."""
 
     _encoding = threading.local()
+    windows_s: tuple[int, ...] | None = None  # every call's windows (FittedWindowModel); None: 30 s
 
     def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
-        windows = getattr(self._encoding, "windows", None)
+        windows = getattr(self._encoding, "windows", None) or self.windows_s
         if windows is not None:
             features = features[..., : encoder_window_frames(_content_frames(features), windows)]
         began = time.perf_counter()
@@ -102,19 +103,16 @@ class FullPromptModel(WhisperModel):
 
 
 class FittedWindowModel(FullPromptModel):
-    """faster-whisper's WhisperModel whose encoder sees a window that fits the audio.
+    """faster-whisper's WhisperModel whose encoder sees, in every call, a window that fits the audio.
 
     faster-whisper pads every mel segment to 3000 frames (30 s) with zeros before ``encode``;
-    this cuts that padding back to ``encoder_window_frames``. Decoding, timestamps and word
-    alignment work on the shorter encoder output unchanged: alignment only reads the frames
-    of the content (``num_frames``), which the window always holds.
+    this cuts that padding back to ``encoder_window_frames`` (FullPromptModel.encode, which
+    partials ask for per call). Decoding, timestamps and word alignment work on the shorter
+    encoder output unchanged: alignment only reads the frames of the content (``num_frames``),
+    which the window always holds.
     """
 
     windows_s = ENCODER_WINDOWS_S
-
-    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
-        window = encoder_window_frames(_content_frames(features), self.windows_s)
-        return super().encode(features[..., :window])
 
 
 def _content_frames(features: np.ndarray) -> int:
