@@ -3,123 +3,31 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
-from faster_whisper.tokenizer import Tokenizer as FwTokenizer
 from faster_whisper.transcribe import Segment as FwSegment
 from faster_whisper.transcribe import Word as FwWord
 from tokenizers import Tokenizer
 
 from whisperwire import guards
 from whisperwire.models import ModelError, resolve_model
-from whisperwire.protocol import MAX_PROMPT_TOKENS
+from whisperwire.whisper_model import (  # noqa: F401 - re-exported: the encoder windows are the engine's
+    ENCODER_WINDOWS_S,
+    PARTIAL_WINDOWS_S,
+    PROMPT_TOKEN_LIMIT,
+    FittedWindowModel,
+    FullPromptModel,
+    encoder_window_frames,
+)
 from whisperwire.values import SAMPLE_RATE, DecodeOptions, Engine, ModelInfo, Result, SegmentResult, Word
 
 if TYPE_CHECKING:
     from whisperwire.settings import Settings
 
 __all__ = ["DecodeOptions", "Engine", "ModelInfo", "Result", "SegmentResult", "WhisperEngine", "Word", "load_engine"]
-
-
-# --------------------------------------------------------------------------- faster-whisper
-
-# The prompt the protocol accepts (PROTOCOL.md: at most 224 tokens) reaches Whisper whole.
-# faster-whisper itself keeps only the last max_length // 2 - 1 = 223 tokens of a prompt (half
-# of Whisper's 448-token text context, less <|startofprev|>); FullPromptModel keeps 224.
-PROMPT_TOKEN_LIMIT = MAX_PROMPT_TOKENS
-
-
-# --------------------------------------------------------------------------- encoder window
-
-FRAMES_PER_SECOND = 100  # Whisper's log-mel hop is 10 ms
-# The encoder windows an utterance may be given, in seconds. Whisper is trained on 30 s windows
-# and pads everything to 30 s; CTranslate2 accepts shorter inputs, and encoder cost grows faster
-# than linearly with length (attention). Streaming the shared clips (BENCHMARKS.md), a 20 s
-# floor halves the server's CPU for 0.28 points of WER (7.06 % against 6.78 % with 30 s);
-# a 15 s floor costs 1.1 points, and shorter windows make the model misplace its timestamps
-# and repeat itself. A few fixed sizes rather than any length keep batch shapes few on a GPU.
-ENCODER_WINDOWS_S = (20, 25, 30)
-# A partial's encoder windows (`DecodeOptions.fit_window`): its final replaces it within seconds;
-# 10 s at the least, since shorter ones make tiny.en repeat the sentence. BENCHMARKS.md, Partials.
-PARTIAL_WINDOWS_S = (10, 15, 20, 25, 30)
-
-
-def encoder_window_frames(content_frames: int, windows_s: tuple[int, ...] = ENCODER_WINDOWS_S) -> int:
-    """The smallest window (in mel frames) that holds ``content_frames``; the largest at most."""
-    for seconds in windows_s:
-        if content_frames <= seconds * FRAMES_PER_SECOND:
-            return seconds * FRAMES_PER_SECOND
-    return windows_s[-1] * FRAMES_PER_SECOND
-
-
-class FullPromptModel(WhisperModel):
-    """faster-whisper's WhisperModel that gives Whisper the whole prompt the protocol accepts,
-    times its encoder (per thread: the metrics split a recognition into encode and decode), and
-    fits the encoder's window to the audio for the calls that ask (``fitting``, per thread)."""
-
-    _encoding = threading.local()
-    windows_s: tuple[int, ...] | None = None  # every call's windows (FittedWindowModel); None: 30 s
-
-    def encode(self, features: np.ndarray) -> ctranslate2.StorageView:
-        windows = getattr(self._encoding, "windows", None) or self.windows_s
-        if windows is not None:
-            features = features[..., : encoder_window_frames(_content_frames(features), windows)]
-        began = time.perf_counter()
-        try:
-            return super().encode(features)
-        finally:
-            self._encoding.seconds = getattr(self._encoding, "seconds", 0.0) + time.perf_counter() - began
-
-    def fitting(self, windows_s: tuple[int, ...] | None) -> None:
-        """This thread's next calls encode in the smallest of ``windows_s`` that holds the audio
-        (None: as the model does otherwise)."""
-        self._encoding.windows = windows_s
-
-    def encode_seconds(self) -> float:
-        """The encoder's time on this thread since the last call, and start again from 0."""
-        seconds, self._encoding.seconds = getattr(self._encoding, "seconds", 0.0), 0.0
-        return seconds
-
-    def get_prompt(
-        self,
-        tokenizer: FwTokenizer,
-        previous_tokens: list[int],
-        without_timestamps: bool = False,
-        prefix: str | None = None,
-        hotwords: str | None = None,
-    ) -> list[int]:
-        # The rest of the prompt (start of transcript, language, task, prefix) as faster-whisper
-        # builds it; only the previous text is ours. Hotwords are never passed here.
-        rest = super().get_prompt(tokenizer, [], without_timestamps, prefix, hotwords)
-        if not previous_tokens:
-            return rest
-        return [tokenizer.sot_prev, *previous_tokens[-PROMPT_TOKEN_LIMIT:], *rest]
-
-
-class FittedWindowModel(FullPromptModel):
-    """faster-whisper's WhisperModel whose encoder sees, in every call, a window that fits the audio.
-
-    faster-whisper pads every mel segment to 3000 frames (30 s) with zeros before ``encode``;
-    this cuts that padding back to ``encoder_window_frames`` (FullPromptModel.encode, which
-    partials ask for per call). Decoding, timestamps and word alignment work on the shorter
-    encoder output unchanged: alignment only reads the frames of the content (``num_frames``),
-    which the window always holds.
-    """
-
-    windows_s = ENCODER_WINDOWS_S
-
-
-def _content_frames(features: np.ndarray) -> int:
-    # The padding is exact zeros; a real log-mel frame never is (every bin is log10 of a
-    # clipped power, normalised: 0.0 in all 80 bins would be a power of exactly 1e-4).
-    nonzero = np.flatnonzero(np.any(features.reshape(-1, features.shape[-1]) != 0, axis=0))
-    return int(nonzero[-1]) + 1 if len(nonzero) else 1
 
 
 class WhisperEngine:
@@ -219,6 +127,13 @@ class WhisperEngine:
         # Softmax outputs can underflow to 0 for languages far off; then no option is preferred.
         return code, (best / total if total > 0 else 1.0 / len(probs))
 
+    def encode_ahead(self, calls: list[tuple[np.ndarray, DecodeOptions]]) -> None:
+        """Encode the first encoder window of each call's audio in one batch; this thread's
+        next ``transcribe`` of each of them (same audio, same options) uses it. Several waiting
+        utterances cost less encoded together than one by one (BENCHMARKS.md, Batching). Calls
+        with ``fit_window`` are left to encode alone."""
+        self._model.encode_ahead([self._prepared(audio, options) for audio, options in calls if not options.fit_window])
+
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:
         self._model.fitting(PARTIAL_WINDOWS_S if options.fit_window else None)
         try:
@@ -234,14 +149,10 @@ class WhisperEngine:
         fallback through five more temperatures, which on a hard utterance multiplies the cost
         by up to six exactly when the server is least able to afford it.
         """
-        audio = _as_mono_float32(audio)
+        audio = self._prepared(audio, options)
         duration = len(audio) / SAMPLE_RATE
         self._model.encode_seconds()  # from 0: language detection's encoding counts too
-        if options.dynamic_preprocessing:
-            # Imported here: the audio module is optional for engines that never preprocess.
-            from whisperwire.audio import compress_dynamic_range
-
-            audio = np.asarray(compress_dynamic_range(audio, SAMPLE_RATE), dtype=np.float32)
+        self._model.batched()
         language, language_prob = self._choose_language(audio, options)
         segments, _ = self._model.transcribe(
             audio,
@@ -272,7 +183,20 @@ class WhisperEngine:
                 compression_ratio=segment.compression_ratio,
             )
         )
-        return Result(segments=kept, language=language, language_prob=language_prob, encode_s=self._model.encode_seconds())
+        return Result(
+            segments=kept, language=language, language_prob=language_prob,
+            encode_s=self._model.encode_seconds(), batched=self._model.batched(),
+        )
+
+    @staticmethod
+    def _prepared(audio: np.ndarray, options: DecodeOptions) -> np.ndarray:
+        audio = _as_mono_float32(audio)
+        if options.dynamic_preprocessing:
+            # Imported here: the audio module is optional for engines that never preprocess.
+            from whisperwire.audio import compress_dynamic_range
+
+            audio = np.asarray(compress_dynamic_range(audio, SAMPLE_RATE), dtype=np.float32)
+        return audio
 
     def _choose_language(
         self, audio: np.ndarray, options: DecodeOptions

@@ -93,6 +93,7 @@ class Result:
     language_prob: float | None  # None when the language was given, not detected
     encode_s: float | None = None  # seconds in the encoder, where the engine measures it
     timing: Timing | None = None  # set by the scheduler, for the metrics
+    batched: int = 1  # utterances whose first encoder window was encoded in one call with this one's
 
     @property
     def text(self) -> str:
