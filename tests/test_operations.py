@@ -73,6 +73,7 @@ async def test_metrics_count_what_the_server_did(engine, vad, clips) -> None:
         assert ("whisperwire_drafts_total", (("outcome", outcome),)) in values, outcome
     assert value("whisperwire_drafts_total", outcome="wasted") <= value("whisperwire_inference_seconds_count", kind="draft")
     assert value("whisperwire_inference_seconds_count", kind="final") >= finals
+    assert value("whisperwire_finals_batched_total") == 0  # --batch is 1 on a CPU
     assert value("whisperwire_inference_seconds_count", kind="partial") == 0
     assert value("whisperwire_errors_total", code="invalid_metadata") == 1
     assert value("whisperwire_rejected_sessions_total", reason="unauthorized") == 2

@@ -21,7 +21,7 @@ import uvicorn
 from . import __version__
 from .client import is_loopback_host
 from .logs import configure_logging
-from .settings import Settings, SettingsError, add_arguments, env_of, load_settings, threads_per_worker, usable_cores, workers
+from .settings import Settings, SettingsError, add_arguments, batch, env_of, load_settings, threads_per_worker, usable_cores, workers
 
 log = logging.getLogger("whisperwire")
 
@@ -131,11 +131,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     # Admission's prior for what a stream costs, until the streams themselves are measured.
     cost = prior_cost(probe_recognition_s(engine)) if settings.stream_cost is None else settings.stream_cost or None
-    app = create_app(engine, settings.server_config(stream_cost_prior=cost, inference_workers=workers(settings)))
+    app = create_app(engine, settings.server_config(stream_cost_prior=cost, inference_workers=workers(settings), inference_batch=batch(settings)))
     scheme = "wss" if settings.tls else "ws"
     log.info(
-        "model %s loaded on %s (%d workers x %d threads); listening on %s://%s:%d/v1/websocket; %s",
-        settings.model, settings.device, workers(settings), threads_per_worker(settings),
+        "model %s loaded on %s (%d workers x %d threads, finals in batches of up to %d); listening on %s://%s:%d/v1/websocket; %s",
+        settings.model, settings.device, workers(settings), threads_per_worker(settings), batch(settings),
         scheme, settings.host, settings.port, default_language_note(engine.info),
     )
     DrainingServer(uvicorn_config(app, settings)).run(sockets=[listener])

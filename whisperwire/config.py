@@ -30,3 +30,4 @@ class ServerConfig:
     # Recognitions at once: one per model replica of an engine in this process (`serve --workers`),
     # more for a remote one.
     inference_workers: int = 1
+    inference_batch: int = 1  # finals a worker takes at once when several wait (scheduler.py)

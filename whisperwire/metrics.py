@@ -26,6 +26,7 @@ class LiveState:
     queue_depth: int
     partials_superseded: int
     drafts: dict[str, int]  # by outcome: promoted, withdrawn, wasted (scheduler.SchedulerStats)
+    finals_batched: int
     partials_dropped_slow_client: int
     send_buffer_bytes: int
 
@@ -65,6 +66,11 @@ class _Live(Collector):
         for outcome, count in state.drafts.items():
             drafts.add_metric([outcome], count)
         yield drafts
+        yield CounterMetricFamily(
+            "whisperwire_finals_batched",
+            "finals whose encoder window was encoded in one call with other waiting finals' (--batch)",
+            value=state.finals_batched,
+        )
 
 
 class Metrics:

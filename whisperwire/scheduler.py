@@ -10,6 +10,11 @@ Give it ``workers`` threads, all taking jobs in the same order: one per model re
 engine in this process (`whisperwire serve --workers`), or as many calls as should be in
 flight to an engine that forwards to other machines (the Ray Serve recognizers). A session
 still has at most one draft or partial running, since its newer one makes the older stale.
+
+With ``batch`` above 1, a worker that takes a final also takes the finals waiting right behind
+it, up to ``batch`` in all, and has the engine encode their first windows in one call
+(``encode_ahead``, where the engine has it) before decoding them one after the other. Only what
+already waits is batched: a final never waits for others to come.
 """
 
 from __future__ import annotations
@@ -47,6 +52,12 @@ class _Job:
     started_at: float = 0.0
     final: bool = False  # a final, or a draft a final took over
     other: bool = False  # taken from the drafts and partials: holds its session's one slot
+    began: bool = False  # its recognition has started (a batch's later finals wait on their worker)
+    shared_s: float = 0.0  # its share of the batch's encoding, done before it began
+
+    @property
+    def batchable(self) -> bool:
+        return self.final and self.request.kind != "partial" and not self.request.detect_only
 
 
 @dataclass
@@ -57,6 +68,7 @@ class SchedulerStats:
     drafts_promoted: int = 0  # drafts that became their utterance's final
     drafts_withdrawn: int = 0  # dropped before running: the speech went on
     drafts_wasted: int = 0  # the speech went on after the draft had begun running
+    finals_batched: int = 0  # finals whose first encoder window was encoded with other finals'
 
 
 @dataclass(frozen=True)
@@ -76,11 +88,15 @@ class Scheduler:
         on_inference: Callable[[str, float], None] | None = None,
         workers: int = 1,
         clock: Callable[[], float] = time.monotonic,
+        batch: int = 1,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, not {batch}")
         self.engine = engine
         self.workers = workers
+        self.batch = batch
         self.clock = clock  # what queue waits are measured with (tests move it by hand)
         # Told (kind, seconds) after every engine call, on the worker thread: the metrics.
         self._on_inference = on_inference
@@ -215,23 +231,28 @@ class Scheduler:
 
     # ------------------------------------------------------------------ the worker side
 
-    def _next_job(self) -> _Job | None:
+    def _next_jobs(self) -> list[_Job] | None:
         with self._ready:
             while True:
                 if self._finals:
-                    job = self._finals.popleft()
+                    jobs = [self._finals.popleft()]
+                    while len(jobs) < self.batch and self._finals and jobs[0].batchable and self._finals[0].batchable:
+                        jobs.append(self._finals.popleft())
                 elif (session_id := self._first_other()) is not None:
-                    job = self._others.pop(session_id)
-                    job.other = True
+                    jobs = [self._others.pop(session_id)]
+                    jobs[0].other = True
                     self._others_running.add(session_id)
                 elif self._stopping:
                     return None
                 else:
                     self._ready.wait()
                     continue
-                job.started_at = self.clock()
-                self._running.append(job)
-                return job
+                now = self.clock()
+                for job in jobs:  # running: a final that replaces one of them joins it
+                    job.started_at = now
+                    self._running.append(job)
+                jobs[0].began = True
+                return jobs
 
     def _first_other(self) -> str | None:
         # Drafts before partials: a draft is a final that is almost due, unless the workers are
@@ -254,57 +275,81 @@ class Scheduler:
         since = now - BUSY_WINDOW_S
         while self._busy and self._busy[0][1] <= since:
             self._busy.popleft()
-        spans = [*self._busy, *((job.started_at, now) for job in self._running)]
+        spans = [*self._busy, *((job.started_at, now) for job in self._running if job.began)]
         busy = sum(end - max(start, since) for start, end in spans)
         return busy / (BUSY_WINDOW_S * self.workers)
 
     def _work(self) -> None:
-        while (job := self._next_job()) is not None:
-            if all(future.cancelled() for future, _ in job.futures):
-                self._finish(job, _set_exception, Superseded())
-                continue
-            began, started_at = time.monotonic(), self.clock()
-            waited = started_at - job.queued_at
-            try:
-                result = self._run(job.request)
-                result = replace(result, timing=Timing(job.queued_at, started_at, self.clock(), result.encode_s))
-            except Exception as exc:  # reported to the session, which closes with 1011
-                session_id = job.request.session_id
-                log.exception("inference failed for session %s", session_id, extra={"session_id": session_id})
-                self._finish(job, _set_exception, exc)
-                continue
-            finally:
-                ran = time.monotonic() - began
-                if self._on_inference is not None:
-                    self._on_inference("final" if job.final else job.request.kind, ran)
-            log.debug(
-                "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s",
-                job.request.kind, job.request.session_id, job.request.transcription_num,
-                len(job.request.audio) / SAMPLE_RATE, waited, ran,
-            )
-            self._count(job)
-            self._finish(job, _set_result, result)
+        while (jobs := self._next_jobs()) is not None:
+            if len(jobs) > 1:
+                self._encode_ahead(jobs)
+            for job in jobs:
+                self._do(job)
+
+    def _encode_ahead(self, jobs: list[_Job]) -> None:
+        """The first windows of a batch's finals encoded in one engine call, where it can."""
+        encode_ahead = getattr(self.engine, "encode_ahead", None)
+        live = [job for job in jobs if not all(future.cancelled() for future, _ in job.futures)]
+        if encode_ahead is None or len(live) < 2:
+            return
+        began = time.monotonic()
+        try:
+            encode_ahead([(job.request.audio, job.request.options) for job in live])
+        except Exception:  # each final is then encoded alone, as without batching
+            log.exception("encoding %d finals in one batch failed", len(live))
+        for job in live:
+            job.shared_s = (time.monotonic() - began) / len(live)
+
+    def _do(self, job: _Job) -> None:
+        if all(future.cancelled() for future, _ in job.futures):
+            self._finish(job, _set_exception, Superseded())
+            return
+        if not job.began:  # a batch's later final: its turn on the worker comes now
+            job.started_at, job.began = self.clock(), True
+        began, started_at = time.monotonic(), job.started_at
+        waited = started_at - job.queued_at
+        try:
+            result = self._run(job.request)
+            result = replace(result, timing=Timing(job.queued_at, started_at, self.clock(), result.encode_s))
+        except Exception as exc:  # reported to the session, which closes with 1011
+            session_id = job.request.session_id
+            log.exception("inference failed for session %s", session_id, extra={"session_id": session_id})
+            self._finish(job, _set_exception, exc)
+            return
+        finally:
+            ran = time.monotonic() - began + job.shared_s
+            if self._on_inference is not None:
+                self._on_inference("final" if job.final else job.request.kind, ran)
+        log.debug(
+            "%s %s #%d: %.2f s of audio, waited %.3f s, ran %.3f s (batch of %d)",
+            job.request.kind, job.request.session_id, job.request.transcription_num,
+            len(job.request.audio) / SAMPLE_RATE, waited, ran, result.batched,
+        )
+        self._count(job, result)
+        self._finish(job, _set_result, result)
 
     def _finish(self, job: _Job, setter, value) -> None:  # noqa: ANN001 - _set_result or _set_exception
         # One step under the lock: a final joining the running job either makes it into this
         # list of futures or finds no running job and queues work of its own.
         with self._ready:
             self._running.remove(job)
-            self._busy.append((job.started_at, self.clock()))
+            if job.began:
+                self._busy.append((job.started_at, self.clock()))
             if job.other:
                 self._others_running.discard(job.request.session_id)
                 self._ready.notify_all()  # its session's next draft or partial may run now
             for future, loop in job.futures:
                 _post(loop, setter, future, value)
 
-    def _count(self, job: _Job) -> None:
+    def _count(self, job: _Job, result: Result) -> None:
         with self._ready:
-            self._count_locked(job)
+            self._count_locked(job, result)
 
-    def _count_locked(self, job: _Job) -> None:
+    def _count_locked(self, job: _Job, result: Result) -> None:
         kind = job.request.kind
         if job.final:
             self.stats.finals_done += 1
+            self.stats.finals_batched += result.batched > 1
         elif kind == "partial":
             self.stats.partials_done += 1
 

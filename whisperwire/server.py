@@ -50,7 +50,9 @@ class Whisperwire:
         self.config = config
         self.vad = vad or SileroVAD()
         self.metrics = Metrics(self._live)
-        self.scheduler = Scheduler(engine, on_inference=self._inference_done, workers=config.inference_workers)
+        self.scheduler = Scheduler(
+            engine, on_inference=self._inference_done, workers=config.inference_workers, batch=config.inference_batch
+        )
         self.capacity = Capacity(config.inference_workers, config.stream_cost_prior, lambda: self.scheduler.clock())
         self.connections: set[Connection] = set()
         self.draining = False
@@ -72,6 +74,7 @@ class Whisperwire:
                 "withdrawn": self.scheduler.stats.drafts_withdrawn,
                 "wasted": self.scheduler.stats.drafts_wasted,
             },
+            finals_batched=self.scheduler.stats.finals_batched,
             partials_dropped_slow_client=self.partials_dropped,
             send_buffer_bytes=sum(c.send_backlog for c in self.connections),
         )

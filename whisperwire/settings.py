@@ -63,6 +63,12 @@ class Settings(BaseModel):
         "each holds more streams than one replica with every thread (BENCHMARKS.md)",
         shown="cores usable (1 on cuda)",
     )
+    batch: Annotated[int, Field(ge=1)] | None = _setting(
+        None,
+        "finals a worker takes at once when several are waiting: their encoder windows go to "
+        "the model in one call; 1: one at a time",
+        shown="4 on cuda, 1 on cpu",
+    )
     cache_dir: Path | None = _setting(
         None, "where `base` is assembled and hub models are downloaded", shown="`~/.cache/whisperwire`"
     )
@@ -335,6 +341,12 @@ def settings_table() -> str:
 def workers(settings: Settings) -> int:
     """Recognitions at once in this process: one per usable core on a CPU, one on a GPU."""
     return settings.workers or (1 if settings.device == "cuda" else usable_cores())
+
+
+def batch(settings: Settings) -> int:
+    """Finals encoded in one call when several wait: on a GPU a batch costs about what one does;
+    on this project's CPU it saved CPU but made each final later (BENCHMARKS.md, Batching)."""
+    return settings.batch or (4 if settings.device == "cuda" else 1)
 
 
 def threads_per_worker(settings: Settings) -> int:
