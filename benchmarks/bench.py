@@ -16,7 +16,8 @@ speak in step. Measured:
   each clip joined) and offline (each whole clip decoded once, 30 s windows, same model);
 - reference words the finals lack, and of those the ones at an utterance's edge: within 1 s of
   a final's start or end or of a stretch of speech the VAD marks, the reference words being
-  dated by aligning them with the offline decode's word times;
+  dated by aligning them with the offline decode's word times; the same count for the offline
+  decode at the same edges, the floor a stream could reach;
 - the server's CPU seconds and peak resident memory, streams that fell behind (final latency
   rising through the run), finals missing, duplicated or out of order.
 
@@ -682,7 +683,7 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
     utterances = [u for s in admitted for u in s.utterances]
     latencies = [u.final_latency_s for u in utterances if u.final_latency_s is not None]
     refs, hyps, offline_hyps = [], [], []
-    deletions = at_edges = 0
+    deletions = at_edges = offline_deletions = offline_at_edges = 0
     for score, programme in zip(run.stream_scores, run.programmes):
         if score.refused is not None or score.error is not None:
             continue
@@ -692,8 +693,12 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
             if offline is not None:
                 found = offline[placed.clip.file]
                 offline_hyps.append(found.text)
-                deleted, edge = edge_deletions(refs[-1], hyps[-1], found, clip_edges(score, programme, index))
+                edges = clip_edges(score, programme, index)
+                deleted, edge = edge_deletions(refs[-1], hyps[-1], found, edges)
                 deletions, at_edges = deletions + deleted, at_edges + edge
+                # Offline Whisper's own, counted at the same edges: the floor for the stream's.
+                deleted, edge = edge_deletions(refs[-1], found.text, found, edges)
+                offline_deletions, offline_at_edges = offline_deletions + deleted, offline_at_edges + edge
     long_utterances = [u for u in utterances if u.longest_partial_wait_s is not None]
     return {
         "system": run.system,
@@ -713,6 +718,8 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "wer_offline": word_error_rate(refs, offline_hyps) if offline_hyps else None,
         "deletions": deletions if offline is not None else None,
         "edge_deletions": at_edges if offline is not None else None,
+        "offline_deletions": offline_deletions if offline is not None else None,
+        "offline_edge_deletions": offline_at_edges if offline is not None else None,
         "fell_behind": sum(s.fell_behind for s in admitted),
         "duplicated_finals": sum(s.duplicated for s in admitted),
         "out_of_order_finals": sum(s.out_of_order for s in admitted),
@@ -722,6 +729,7 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         # batches and the hop to the session) is the client's p50 less the server's mean after.
         "final_stages_mean_s": final_stages(run.metrics) if run.metrics else None,
         "drafts": draft_outcomes(run.metrics) if run.metrics else None,
+        "finals_batched": int(run.metrics.get(("whisperwire_finals_batched_total", ""), 0)) if run.metrics else None,
         "server_cpu_s": run.server_cpu_s,
         "server_cores": run.server_cpu_s / run.wall_s if run.server_cpu_s is not None and run.wall_s else None,
         "server_peak_rss_mb": run.server_peak_rss_mb,
@@ -822,7 +830,7 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
     table = Table(title="whisperwire bench", show_lines=False)
     columns = [
         "system", "N", "refused", "final p50", "final p95", "final max", "no final", "1st partial p50",
-        "partial wait p95", "WER stream", "WER offline", "deleted (at edges)", "behind", "dup/order", "CPU cores", "peak RSS MB",
+        "partial wait p95", "WER stream", "WER offline", "deleted (at edges) stream / offline", "behind", "dup/order", "CPU cores", "peak RSS MB",
     ]
     for column in columns:
         table.add_column(column, justify="right")
@@ -832,7 +840,8 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
             s["system"], str(s["streams"]), str(s["refused"]), _fmt(fl["p50"]), _fmt(fl["p95"]), _fmt(fl["max"]),
             str(s["speech_without_final"]), _fmt(fp["p50"]), _fmt(pw["p95"]), _fmt(s["wer_streaming"], "{:.1%}"),
             _fmt(s["wer_offline"], "{:.1%}"),
-            "-" if s["deletions"] is None else f"{s['deletions']} ({s['edge_deletions']})", str(s["fell_behind"]),
+            "-" if s["deletions"] is None else f"{s['deletions']} ({s['edge_deletions']}) / {s['offline_deletions']} ({s['offline_edge_deletions']})",
+            str(s["fell_behind"]),
             f"{s['duplicated_finals']}/{s['out_of_order_finals']}", _fmt(s["server_cores"]), _fmt(s["server_peak_rss_mb"], "{:.0f}"),
         )
     console.print(table)
@@ -842,7 +851,7 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in s["final_stages_mean_s"].items())
             mean = s["final_latency_s"]["mean"]
             console.print(f"{s['system']} N={s['streams']} per final, mean s: speech end to sent {_fmt(mean, '{:.3f}')} (client); after asked: {parts}")
-            console.print(f"  drafts: {s['drafts']}")
+            console.print(f"  drafts: {s['drafts']}; finals encoded in a batch: {s['finals_batched']}")
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

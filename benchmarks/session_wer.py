@@ -4,6 +4,7 @@
     python benchmarks/session_wer.py --prefix-words 0     # left context by audio and time only
     python benchmarks/session_wer.py --prefix-words 4 --clip hvb --verbose
     python benchmarks/session_wer.py --encoder-window fit --windows 10,15,20,25,30
+    python benchmarks/session_wer.py --lookahead 2    # what right context would buy (an oracle)
 
 Each English clip of the manifest (not the padded JFK copy), with a second of silence after it,
 is fed to a `Session` in 100 ms frames with the default metadata and the server's defaults
@@ -12,7 +13,10 @@ always keeps up, through `scheduler.transcribe` and the real tiny.en and Silero 
 network, no clock: the result depends only on the audio and the code, so variants of the left
 context can be compared in one run each (`--prefix-words`: how many of the words sent anchor it,
 0 for none; `--encoder-window fit`: the smallest of `--windows` that holds each recognition's
-audio). Offline is each whole clip decoded once (30 s windows, same model and beam). Corpus WER
+audio; `--lookahead S`: an oracle no live stream can have, each draft and final hears the next S
+seconds of the clip as well and keeps only the words that start in its own audio, which measures
+how much of the gap to offline is the audio after a final, at the price of S seconds of
+latency). Offline is each whole clip decoded once (30 s windows, same model and beam). Corpus WER
 after Whisper's English normaliser, and the process's CPU seconds in the streamed recognitions.
 About 4 minutes on 2 cores.
 """
@@ -23,6 +27,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import jiwer
@@ -39,7 +44,7 @@ from whisperwire.protocol import Transcription  # noqa: E402
 from whisperwire.scheduler import transcribe  # noqa: E402
 from whisperwire.session import Session  # noqa: E402
 from whisperwire.vad import SileroVAD  # noqa: E402
-from whisperwire.values import SAMPLE_RATE, DecodeOptions, Event, RunInference, SendMessage  # noqa: E402
+from whisperwire.values import SAMPLE_RATE, DecodeOptions, Event, InferenceRequest, Result, RunInference, SendMessage  # noqa: E402
 
 _normalise = EnglishTextNormalizer()
 FRAME_S = 0.1
@@ -49,7 +54,24 @@ def wer(references: list[str], hypotheses: list[str]) -> float:
     return jiwer.wer([_normalise(r) for r in references], [_normalise(h) for h in hypotheses])
 
 
-def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool) -> list[Transcription]:  # noqa: ANN001
+def with_lookahead(request: InferenceRequest, audio: np.ndarray, seconds: float) -> InferenceRequest:
+    """The request with the next ``seconds`` of the stream's audio after its own."""
+    end = round(request.offset_s * SAMPLE_RATE) + len(request.audio)
+    return replace(request, audio=np.concatenate([request.audio, audio[end : end + round(seconds * SAMPLE_RATE)]]))
+
+
+def until(result: Result, end_s: float) -> Result:
+    """The result with only the words that start before ``end_s`` (seconds from its audio[0])."""
+    segments = []
+    for segment in result.segments:
+        words = tuple(w for w in segment.words or () if w.start < end_s)
+        if words:
+            text = "".join(w.word for w in words)
+            segments.append(replace(segment, text=text, end=min(segment.end, words[-1].end), words=words))
+    return replace(result, segments=tuple(segments))
+
+
+def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0) -> list[Transcription]:  # noqa: ANN001
     config = ServerConfig()
     session = Session(
         "bench", model=engine.info, count_tokens=engine.count_tokens, new_vad=vad.new_stream,
@@ -63,7 +85,11 @@ def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool) -> list[Tra
             event = queue.pop(0)
             if isinstance(event, RunInference) and event.request.kind != "partial":
                 request = event.request
-                result = transcribe(engine, request)
+                if lookahead_s > 0:
+                    heard = with_lookahead(request, audio, lookahead_s)
+                    result = until(transcribe(engine, heard), len(request.audio) / SAMPLE_RATE)
+                else:
+                    result = transcribe(engine, request)
                 if verbose:
                     print(f"    {request.kind} {request.transcription_num} {request.offset_s:.2f}-"
                           f"{request.offset_s + len(request.audio) / SAMPLE_RATE:.2f} s, context {request.context_s:.2f} s, "
@@ -105,14 +131,14 @@ def main(args: argparse.Namespace) -> int:
         c for name, c in _manifest().items()
         if c.language == "en" and name != "en_jfk_padded_3s_5s_silence.wav" and (not args.clip or any(k in name for k in args.clip))
     ]
-    print(f"model={args.model} prefix_words={args.prefix_words} encoder_window={args.encoder_window} "
+    print(f"model={args.model} prefix_words={args.prefix_words} lookahead={args.lookahead} encoder_window={args.encoder_window} "
           f"windows={engines.FittedWindowModel.windows_s if args.encoder_window == 'fit' else 30} audio={AUDIO_DIR}")
     started = time.monotonic()
     rows, streamed_s = [], 0.0
     for clip in clips:
         audio = read_wav(clip.path)
         before = engine_s[0]
-        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose)
+        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose, args.lookahead)
         streamed_s += engine_s[0] - before
         streamed = " ".join(f.transcript for f in finals if f.transcript)
         offline = offline_engine.transcribe(audio, DecodeOptions(language="en")).text
@@ -126,7 +152,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"English clips ({len(rows)}): streamed WER {streamed_wer:.2%}, offline {offline_wer:.2%}; "
           f"streamed recognition CPU {streamed_s:.1f} s ({time.monotonic() - started:.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "encoder_window": args.encoder_window, "windows": args.windows, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "recognition_cpu_s": streamed_s, "clips": rows}, indent=1))
+        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "lookahead_s": args.lookahead, "encoder_window": args.encoder_window, "windows": args.windows, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "recognition_cpu_s": streamed_s, "clips": rows}, indent=1))
     return 0
 
 
@@ -137,6 +163,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--encoder-window", choices=["full", "fit"], default="full", help="as `whisperwire serve --encoder-window` [%(default)s]")
     parser.add_argument("--windows", help="with fit: the encoder windows in seconds, e.g. 10,15,20,25,30 [20,25,30]")
     parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
+    parser.add_argument("--lookahead", type=float, default=0.0, metavar="S", help="oracle: each draft and final also hears the next S s of the clip [0]")
     parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
     parser.add_argument("--json", type=Path, metavar="OUT")
     return parser.parse_args(argv)
