@@ -684,6 +684,7 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
     latencies = [u.final_latency_s for u in utterances if u.final_latency_s is not None]
     refs, hyps, offline_hyps = [], [], []
     deletions = at_edges = offline_deletions = offline_at_edges = 0
+    by_clip: dict[str, list[int]] = {}  # clip -> deletions, at edges, offline's, offline's at edges
     for score, programme in zip(run.stream_scores, run.programmes):
         if score.refused is not None or score.error is not None:
             continue
@@ -694,11 +695,15 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
                 found = offline[placed.clip.file]
                 offline_hyps.append(found.text)
                 edges = clip_edges(score, programme, index)
-                deleted, edge = edge_deletions(refs[-1], hyps[-1], found, edges)
-                deletions, at_edges = deletions + deleted, at_edges + edge
-                # Offline Whisper's own, counted at the same edges: the floor for the stream's.
-                deleted, edge = edge_deletions(refs[-1], found.text, found, edges)
-                offline_deletions, offline_at_edges = offline_deletions + deleted, offline_at_edges + edge
+                counts = [
+                    *edge_deletions(refs[-1], hyps[-1], found, edges),
+                    # Offline Whisper's own, counted at the same edges: the floor for the stream's.
+                    *edge_deletions(refs[-1], found.text, found, edges),
+                ]
+                deletions, at_edges = deletions + counts[0], at_edges + counts[1]
+                offline_deletions, offline_at_edges = offline_deletions + counts[2], offline_at_edges + counts[3]
+                totals = by_clip.setdefault(placed.clip.file, [0, 0, 0, 0])
+                by_clip[placed.clip.file] = [a + b for a, b in zip(totals, counts)]
     long_utterances = [u for u in utterances if u.longest_partial_wait_s is not None]
     return {
         "system": run.system,
@@ -720,6 +725,8 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "edge_deletions": at_edges if offline is not None else None,
         "offline_deletions": offline_deletions if offline is not None else None,
         "offline_edge_deletions": offline_at_edges if offline is not None else None,
+        # Which clips the deletions are in: [stream's, at edges, offline's, offline's at edges].
+        "deletions_by_clip": by_clip if offline is not None else None,
         "fell_behind": sum(s.fell_behind for s in admitted),
         "duplicated_finals": sum(s.duplicated for s in admitted),
         "out_of_order_finals": sum(s.out_of_order for s in admitted),
