@@ -297,8 +297,9 @@ class Scheduler:
             encode_ahead([(job.request.audio, job.request.options) for job in live])
         except Exception:  # each final is then encoded alone, as without batching
             log.exception("encoding %d finals in one batch failed", len(live))
+        share = (time.monotonic() - began) / len(live)
         for job in live:
-            job.shared_s = (time.monotonic() - began) / len(live)
+            job.shared_s = share
 
     def _do(self, job: _Job) -> None:
         if all(future.cancelled() for future, _ in job.futures):
