@@ -129,9 +129,9 @@ class WhisperEngine:
 
     def encode_ahead(self, calls: list[tuple[np.ndarray, DecodeOptions]]) -> None:
         """Encode the first encoder window of each call's audio in one batch; this thread's
-        next ``transcribe`` of each of them (same audio, same options) uses it. Several waiting
-        utterances cost less encoded together than one by one (BENCHMARKS.md, Batching). Calls
-        with ``fit_window`` are left to encode alone."""
+        next ``transcribe`` of each of them (same audio, same options) uses it. On a GPU several
+        windows cost about what one does; on the CPU measured in BENCHMARKS.md they cost as
+        much together as apart. Calls with ``fit_window`` are left to encode alone."""
         self._model.encode_ahead([self._prepared(audio, options) for audio, options in calls if not options.fit_window])
 
     def transcribe(self, audio: np.ndarray, options: DecodeOptions) -> Result:

@@ -57,7 +57,7 @@ class _Job:
 
     @property
     def batchable(self) -> bool:
-        return self.final and self.request.kind != "partial" and not self.request.detect_only
+        return self.final and not self.request.detect_only  # a partial owed before its final is not one
 
 
 @dataclass

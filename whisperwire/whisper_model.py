@@ -78,16 +78,16 @@ class FullPromptModel(WhisperModel):
         window size among them. This thread's next transcriptions of these very audios take
         their first window's encoding from here (``encode`` knows it by its features) instead of
         encoding it alone. What an earlier call left unused is forgotten."""
-        firsts = [self._first_window(audio) for audio in audios]
+        firsts = [(first, self._window(first)) for first in map(self._first_window, audios)]
         ahead: list[tuple[np.ndarray, np.ndarray]] = []
         began = time.perf_counter()
-        for shape in dict.fromkeys(self._window(f).shape for f in firsts):
-            group = [f for f in firsts if self._window(f).shape == shape]
-            batch = np.stack([self._window(f) for f in group])
+        for shape in dict.fromkeys(window.shape for _, window in firsts):
+            group = [(first, window) for first, window in firsts if window.shape == shape]
+            batch = np.stack([window for _, window in group])
             # On the host, so that each utterance's part can be handed over alone (a StorageView
             # cannot be sliced); on a GPU that is one copy each way of the encoder's output.
             encoded = np.asarray(self.model.encode(get_ctranslate2_storage(batch), to_cpu=True))
-            ahead += [(f, np.ascontiguousarray(encoded[n : n + 1])) for n, f in enumerate(group)]
+            ahead += [(first, np.ascontiguousarray(encoded[n : n + 1])) for n, (first, _) in enumerate(group)]
         self._encoding.ahead = ahead
         self._encoding.ahead_share = (time.perf_counter() - began) / max(len(firsts), 1)
         self._encoding.ahead_size = len(firsts)
