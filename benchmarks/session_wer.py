@@ -37,7 +37,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import AUDIO_DIR, _manifest, read_wav  # noqa: E402
-from whisperwire import context, engine as engines  # noqa: E402
+from whisperwire import context, endpointer, engine as engines  # noqa: E402
 from whisperwire.config import ServerConfig  # noqa: E402
 from whisperwire.engine import load_engine  # noqa: E402
 from whisperwire.protocol import Transcription  # noqa: E402
@@ -71,7 +71,7 @@ def until(result: Result, end_s: float) -> Result:
     return replace(result, segments=tuple(segments))
 
 
-def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0) -> list[Transcription]:  # noqa: ANN001
+def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0, metadata: str = "{}") -> list[Transcription]:  # noqa: ANN001
     config = ServerConfig()
     session = Session(
         "bench", model=engine.info, count_tokens=engine.count_tokens, new_vad=vad.new_stream,
@@ -98,7 +98,7 @@ def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s
             elif isinstance(event, SendMessage) and isinstance(event.message, Transcription) and event.message.is_final:
                 finals.append(event.message)
 
-    act(session.receive_text("{}", 0.0))
+    act(session.receive_text(metadata, 0.0))
     pcm = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
     step = round(SAMPLE_RATE * FRAME_S) * 2
     for n, offset in enumerate(range(0, len(pcm), step), start=1):
@@ -112,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
         context.SentWords.anchor = lambda *_: None  # type: ignore[method-assign]
     else:
         context.PREFIX_WORDS = args.prefix_words
+    if args.tail_ms is not None:
+        endpointer.FINAL_TAIL_S = args.tail_ms / 1000
     if args.windows:
         engines.FittedWindowModel.windows_s = tuple(int(w) for w in args.windows.split(","))
     engine, vad = load_engine(args.model, fit_window=args.encoder_window == "fit"), SileroVAD()
@@ -133,12 +135,14 @@ def main(args: argparse.Namespace) -> int:
     ]
     print(f"model={args.model} prefix_words={args.prefix_words} lookahead={args.lookahead} encoder_window={args.encoder_window} "
           f"windows={engines.FittedWindowModel.windows_s if args.encoder_window == 'fit' else 30} audio={AUDIO_DIR}")
+    vad_config = {"min_silence_duration_ms": args.min_silence_ms} if args.min_silence_ms is not None else {}
+    metadata = json.dumps({"streaming_vad_config": vad_config} if vad_config else {})
     started = time.monotonic()
     rows, streamed_s = [], 0.0
     for clip in clips:
         audio = read_wav(clip.path)
         before = engine_s[0]
-        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose, args.lookahead)
+        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose, args.lookahead, metadata)
         streamed_s += engine_s[0] - before
         streamed = " ".join(f.transcript for f in finals if f.transcript)
         offline = offline_engine.transcribe(audio, DecodeOptions(language="en")).text
@@ -164,6 +168,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", help="with fit: the encoder windows in seconds, e.g. 10,15,20,25,30 [20,25,30]")
     parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
     parser.add_argument("--lookahead", type=float, default=0.0, metavar="S", help="oracle: each draft and final also hears the next S s of the clip [0]")
+    parser.add_argument("--min-silence-ms", type=int, help="the client's silence window, min_silence_duration_ms [300]")
+    parser.add_argument("--tail-ms", type=int, help=f"silence a final hears after its speech [{round(endpointer.FINAL_TAIL_S * 1000)}]")
     parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
     parser.add_argument("--json", type=Path, metavar="OUT")
     return parser.parse_args(argv)
