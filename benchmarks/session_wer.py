@@ -5,6 +5,7 @@
     python benchmarks/session_wer.py --prefix-words 4 --clip hvb --verbose
     python benchmarks/session_wer.py --encoder-window fit --windows 10,15,20,25,30
     python benchmarks/session_wer.py --lookahead 2    # what right context would buy (an oracle)
+    python benchmarks/session_wer.py --min-silence-ms 800  # a client that waits longer for a pause
 
 Each English clip of the manifest (not the padded JFK copy), with a second of silence after it,
 is fed to a `Session` in 100 ms frames with the default metadata and the server's defaults
@@ -37,7 +38,7 @@ from whisper_normalizer.english import EnglishTextNormalizer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.conftest import AUDIO_DIR, _manifest, read_wav  # noqa: E402
-from whisperwire import context, endpointer, engine as engines  # noqa: E402
+from whisperwire import context, engine as engines  # noqa: E402
 from whisperwire.config import ServerConfig  # noqa: E402
 from whisperwire.engine import load_engine  # noqa: E402
 from whisperwire.protocol import Transcription  # noqa: E402
@@ -112,8 +113,6 @@ def main(args: argparse.Namespace) -> int:
         context.SentWords.anchor = lambda *_: None  # type: ignore[method-assign]
     else:
         context.PREFIX_WORDS = args.prefix_words
-    if args.tail_ms is not None:
-        endpointer.FINAL_TAIL_S = args.tail_ms / 1000
     if args.windows:
         engines.FittedWindowModel.windows_s = tuple(int(w) for w in args.windows.split(","))
     engine, vad = load_engine(args.model, fit_window=args.encoder_window == "fit"), SileroVAD()
@@ -169,7 +168,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
     parser.add_argument("--lookahead", type=float, default=0.0, metavar="S", help="oracle: each draft and final also hears the next S s of the clip [0]")
     parser.add_argument("--min-silence-ms", type=int, help="the client's silence window, min_silence_duration_ms [300]")
-    parser.add_argument("--tail-ms", type=int, help=f"silence a final hears after its speech [{round(endpointer.FINAL_TAIL_S * 1000)}]")
     parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
     parser.add_argument("--json", type=Path, metavar="OUT")
     return parser.parse_args(argv)

@@ -35,10 +35,6 @@ CUT_SEARCH_S = 2.0
 # of it: a single quiet window inside a word (a stop consonant) loses to a real pause. One or
 # three windows either side did worse on the monologues of benchmarks/transcript_quality.py.
 CUT_SMOOTH_WINDOWS = 2
-# A final hears this much of the silence after its speech, where more than speech_pad_ms: to
-# measure whether a final cut 30 ms after Silero's drop loses a fading last sound (the "s" of
-# "Americans"). 0: the pad alone (benchmarks/session_wer.py --tail-ms).
-FINAL_TAIL_S = 0.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,6 @@ class EndpointSettings:
     pad: int  # samples kept before the start and after the end of speech
     max_samples: int  # an utterance's length limit
     partial_interval: int | None  # samples of audio between partials; None: no partials
-    tail: int = 0  # samples of the silence a final hears after its speech, if more than pad
     drafts: bool = False  # say when a final's audio is known, before the silence window is over
     lookback: int = round(COVERAGE_LOOKBACK_S * SAMPLE_RATE)  # samples before the trigger an utterance may start
 
@@ -60,7 +55,6 @@ class EndpointSettings:
             threshold=vad.threshold,
             min_silence=ms_to_samples(vad.min_silence_duration_ms),
             pad=ms_to_samples(vad.speech_pad_ms),
-            tail=round(FINAL_TAIL_S * SAMPLE_RATE),
             max_samples=params.final_transcript_max_duration_s * SAMPLE_RATE,
             partial_interval=max(1, round(params.partial_transcript_interval_s * SAMPLE_RATE)) if partials else None,
             drafts=drafts,
@@ -182,7 +176,7 @@ class Endpointer:
         elif utterance.silence_start is None:
             utterance.silence_start = start
         if utterance.silence_start is not None:
-            final_end = utterance.silence_start + max(s.pad, s.tail)
+            final_end = utterance.silence_start + s.pad
             # At the length limit during a pause, the pause is where the utterance ends.
             if end - utterance.silence_start >= s.min_silence or end - utterance.start >= s.max_samples:
                 return found + self._end(min(final_end, end), speech_end=utterance.silence_start)
