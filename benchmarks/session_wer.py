@@ -5,6 +5,7 @@
     python benchmarks/session_wer.py --prefix-words 4 --clip hvb --verbose
     python benchmarks/session_wer.py --encoder-window fit --windows 10,15,20,25,30
     python benchmarks/session_wer.py --lookahead 2    # what right context would buy (an oracle)
+    python benchmarks/session_wer.py --lookahead 2 --cut text   # the same, its words cut by text
     python benchmarks/session_wer.py --min-silence-ms 800  # a client that waits longer for a pause
 
 Each English clip of the manifest (not the padded JFK copy), with a second of silence after it,
@@ -17,7 +18,9 @@ context can be compared in one run each (`--prefix-words`: how many of the words
 audio; `--lookahead S`: an oracle no live stream can have, each draft and final hears the next S
 seconds of the clip as well and keeps only the words that start in its own audio, which measures
 how much of the gap to offline is the audio after a final, at the price of S seconds of
-latency). Offline is each whole clip decoded once (30 s windows, same model and beam). Corpus WER
+latency; with `--cut text` it keeps instead the words that align with its recognition without
+that audio, so Whisper's word times play no part in the cut; `--min-silence-ms`: a client's
+longer silence window). Offline is each whole clip decoded once (30 s windows, same model and beam). Corpus WER
 after Whisper's English normaliser, and the process's CPU seconds in the streamed recognitions.
 About 4 minutes on 2 cores.
 """
@@ -25,6 +28,7 @@ About 4 minutes on 2 cores.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
 import time
@@ -72,7 +76,50 @@ def until(result: Result, end_s: float) -> Result:
     return replace(result, segments=tuple(segments))
 
 
-def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0, metadata: str = "{}") -> list[Transcription]:  # noqa: ANN001
+def first_words(result: Result, k: int) -> Result:
+    """The result with only its first ``k`` words."""
+    segments = []
+    for segment in result.segments:
+        words = tuple(segment.words or ())[: max(0, k)]
+        k -= len(words)
+        if words:
+            segments.append(replace(segment, text="".join(w.word for w in words), end=min(segment.end, words[-1].end), words=words))
+    return replace(result, segments=tuple(segments))
+
+
+def aligned_to(own: Result, heard: Result, end_s: float) -> Result:
+    """``heard``'s words as far as they stand for ``own``'s: the request's words as decoded with
+    the audio after it, cut by text, not by time. An edit-distance alignment in which a
+    substitution costs by spelling (American/Americans is nearly free) and the words ``heard``
+    has after the last of ``own`` cost nothing (they are the next utterance's). By hand: jiwer's
+    and rapidfuzz's edit distances price every substitution the same."""
+    def normal(result: Result) -> list[tuple[int, str]]:
+        words = [w for s in result.segments for w in s.words or ()]
+        return [(i, context._normal(w.word)) for i, w in enumerate(words) if context._normal(w.word)]
+
+    mine, theirs = normal(own), normal(heard)
+    if not mine or not theirs:
+        return own
+    rows = [[float(j) for j in range(len(theirs) + 1)]]
+    for i, (_, a) in enumerate(mine, start=1):
+        row = [float(i)]
+        for j, (_, b) in enumerate(theirs, start=1):
+            swap = 0.0 if a == b else 1.0 - difflib.SequenceMatcher(None, a, b).ratio()
+            row.append(min(rows[-1][j - 1] + swap, rows[-1][j] + 1, row[j - 1] + 1))
+        rows.append(row)
+    last = rows[-1]
+    k = min(range(len(last)), key=lambda j: (last[j], j))
+    if not k:
+        return own
+    # The words are the request's: none ends after its audio, so the next one is anchored on them.
+    kept = first_words(heard, theirs[k - 1][0] + 1)
+    return replace(kept, segments=tuple(
+        replace(s, end=min(s.end, end_s), words=tuple(replace(w, start=min(w.start, end_s), end=min(w.end, end_s)) for w in s.words or ()))
+        for s in kept.segments
+    ))
+
+
+def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0, metadata: str = "{}", cut: str = "time") -> list[Transcription]:  # noqa: ANN001
     config = ServerConfig()
     session = Session(
         "bench", model=engine.info, count_tokens=engine.count_tokens, new_vad=vad.new_stream,
@@ -86,7 +133,10 @@ def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s
             event = queue.pop(0)
             if isinstance(event, RunInference) and event.request.kind != "partial":
                 request = event.request
-                if lookahead_s > 0:
+                if lookahead_s > 0 and cut == "text":
+                    heard = transcribe(engine, with_lookahead(request, audio, lookahead_s))
+                    result = aligned_to(transcribe(engine, request), heard, len(request.audio) / SAMPLE_RATE)
+                elif lookahead_s > 0:
                     heard = with_lookahead(request, audio, lookahead_s)
                     result = until(transcribe(engine, heard), len(request.audio) / SAMPLE_RATE)
                 else:
@@ -141,7 +191,7 @@ def main(args: argparse.Namespace) -> int:
     for clip in clips:
         audio = read_wav(clip.path)
         before = engine_s[0]
-        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose, args.lookahead, metadata)
+        finals = stream(engine, vad, np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)]), args.verbose, args.lookahead, metadata, args.cut)
         streamed_s += engine_s[0] - before
         streamed = " ".join(f.transcript for f in finals if f.transcript)
         offline = offline_engine.transcribe(audio, DecodeOptions(language="en")).text
@@ -155,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"English clips ({len(rows)}): streamed WER {streamed_wer:.2%}, offline {offline_wer:.2%}; "
           f"streamed recognition CPU {streamed_s:.1f} s ({time.monotonic() - started:.0f} s)")
     if args.json:
-        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "lookahead_s": args.lookahead, "encoder_window": args.encoder_window, "windows": args.windows, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "recognition_cpu_s": streamed_s, "clips": rows}, indent=1))
+        args.json.write_text(json.dumps({"prefix_words": args.prefix_words, "lookahead_s": args.lookahead, "cut": args.cut, "min_silence_ms": args.min_silence_ms, "encoder_window": args.encoder_window, "windows": args.windows, "streamed_wer": streamed_wer, "offline_wer": offline_wer, "recognition_cpu_s": streamed_s, "clips": rows}, indent=1))
     return 0
 
 
@@ -167,6 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--windows", help="with fit: the encoder windows in seconds, e.g. 10,15,20,25,30 [20,25,30]")
     parser.add_argument("--clip", action="append", default=[], help="only clips whose file name contains this (repeatable)")
     parser.add_argument("--lookahead", type=float, default=0.0, metavar="S", help="oracle: each draft and final also hears the next S s of the clip [0]")
+    parser.add_argument("--cut", choices=["time", "text"], default="time", help="with --lookahead: keep the words that start in the request's audio (time), or the words aligned with its own recognition's (text) [%(default)s]")
     parser.add_argument("--min-silence-ms", type=int, help="the client's silence window, min_silence_duration_ms [300]")
     parser.add_argument("--verbose", action="store_true", help="each recognition, and the texts")
     parser.add_argument("--json", type=Path, metavar="OUT")
