@@ -15,6 +15,13 @@ from typing import Any
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
 _names = itertools.count()
+PORT_ATTEMPTS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 class RayCluster:
@@ -22,16 +29,23 @@ class RayCluster:
         import ray
         from ray import serve
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
         ray.init(
             num_cpus=2,
             object_store_memory=OBJECT_STORE_BYTES,
             include_dashboard=False,
             log_to_driver=False,
         )
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        # A port found free may be taken by one of Ray's own processes before the Serve proxy
+        # binds it ("Failed to bind to address"): then another port.
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            self.port = _free_port()
+            try:
+                serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+                return
+            except RuntimeError as error:
+                if "bind" not in str(error) or attempt == PORT_ATTEMPTS:
+                    raise
+                serve.shutdown()
 
     def close(self) -> None:
         import ray
