@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import jiwer
 import numpy as np
@@ -49,7 +50,7 @@ from whisperwire.protocol import Transcription  # noqa: E402
 from whisperwire.scheduler import transcribe  # noqa: E402
 from whisperwire.session import Session  # noqa: E402
 from whisperwire.vad import SileroVAD  # noqa: E402
-from whisperwire.values import SAMPLE_RATE, DecodeOptions, Event, InferenceRequest, Result, RunInference, SendMessage  # noqa: E402
+from whisperwire.values import SAMPLE_RATE, DecodeOptions, Event, InferenceRequest, Result, RunInference, SendMessage, Word  # noqa: E402
 
 _normalise = EnglishTextNormalizer()
 FRAME_S = 0.1
@@ -65,26 +66,25 @@ def with_lookahead(request: InferenceRequest, audio: np.ndarray, seconds: float)
     return replace(request, audio=np.concatenate([request.audio, audio[end : end + round(seconds * SAMPLE_RATE)]]))
 
 
-def until(result: Result, end_s: float) -> Result:
-    """The result with only the words that start before ``end_s`` (seconds from its audio[0])."""
-    segments = []
+def words_kept(result: Result, keep: Callable[[int, Word], Word | None]) -> Result:
+    """The result with each word (numbered through the whole result) as ``keep`` gives it back,
+    or without it where that is None."""
+    segments, n = [], 0
     for segment in result.segments:
-        words = tuple(w for w in segment.words or () if w.start < end_s)
+        words = []
+        for word in segment.words or ():
+            kept, n = keep(n, word), n + 1
+            if kept is not None:
+                words.append(kept)
         if words:
             text = "".join(w.word for w in words)
-            segments.append(replace(segment, text=text, end=min(segment.end, words[-1].end), words=words))
+            segments.append(replace(segment, text=text, end=min(segment.end, words[-1].end), words=tuple(words)))
     return replace(result, segments=tuple(segments))
 
 
-def first_words(result: Result, k: int) -> Result:
-    """The result with only its first ``k`` words."""
-    segments = []
-    for segment in result.segments:
-        words = tuple(segment.words or ())[: max(0, k)]
-        k -= len(words)
-        if words:
-            segments.append(replace(segment, text="".join(w.word for w in words), end=min(segment.end, words[-1].end), words=words))
-    return replace(result, segments=tuple(segments))
+def until(result: Result, end_s: float) -> Result:
+    """The result with only the words that start before ``end_s`` (seconds from its audio[0])."""
+    return words_kept(result, lambda _, w: w if w.start < end_s else None)
 
 
 def aligned_to(own: Result, heard: Result, end_s: float) -> Result:
@@ -112,11 +112,8 @@ def aligned_to(own: Result, heard: Result, end_s: float) -> Result:
     if not k:
         return own
     # The words are the request's: none ends after its audio, so the next one is anchored on them.
-    kept = first_words(heard, theirs[k - 1][0] + 1)
-    return replace(kept, segments=tuple(
-        replace(s, end=min(s.end, end_s), words=tuple(replace(w, start=min(w.start, end_s), end=min(w.end, end_s)) for w in s.words or ()))
-        for s in kept.segments
-    ))
+    last = theirs[k - 1][0]
+    return words_kept(heard, lambda i, w: replace(w, start=min(w.start, end_s), end=min(w.end, end_s)) if i <= last else None)
 
 
 def stream(engine, vad: SileroVAD, audio: np.ndarray, verbose: bool, lookahead_s: float = 0.0, metadata: str = "{}", cut: str = "time") -> list[Transcription]:  # noqa: ANN001
