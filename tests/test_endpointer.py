@@ -46,6 +46,49 @@ def test_one_window_short_of_the_silence_window_ends_nothing_and_a_soft_window_r
     assert final.end == 15 * W  # the silence began after the soft window
 
 
+def test_a_last_word_scored_under_the_end_threshold_is_in_its_utterance_s_final() -> None:
+    # The silence is counted from window 25 (under 0.35), but the VAD heard a soft word there
+    # (0.25, over the onset floor 0.2) until window 29: the final's audio reaches it, and its
+    # end is still due when the silence window that began at 25 is over.
+    endpointer = Endpointer(settings(pad=W))
+    found = run(endpointer, [SPEECH] * 25 + [0.25, 0.3, 0.22, 0.25, QUIET, 0.1] + [QUIET] * 4)
+    [final] = dues(found, "final")
+    assert (final.end, final.speech_end) == (30 * W, 29 * W)  # the soft word and the pad after it
+    assert endpointer.last_end == 30 * W
+    # The same speech with the word under the floor: nothing the VAD heard, so the final ends
+    # with the speech, as before.
+    [plain] = dues(run(Endpointer(settings(pad=W)), [SPEECH] * 25 + [0.15] * 4 + [QUIET] * 6), "final")
+    assert (plain.end, plain.speech_end) == (26 * W, 25 * W)
+
+
+def test_a_sound_still_going_on_when_the_silence_window_ends_is_left_to_the_next_utterance() -> None:
+    # Windows 33-34 rise towards the threshold just as the window ends at 35: the next
+    # utterance's first word starting, not this one's last; the soft word at 27 is this one's.
+    probs = [SPEECH] * 25 + [QUIET, QUIET, 0.3, QUIET, QUIET, QUIET, QUIET, QUIET, 0.25, 0.3]
+    for lookback, start in ((0, 33 * W), (20 * W, 28 * W)):
+        endpointer = Endpointer(settings(lookback=lookback))
+        [final] = dues(run(endpointer, probs), "final")
+        assert final.end == 28 * W
+        [second] = dues(run(endpointer, [SPEECH] * 5 + [QUIET] * 10, first=35), "final")
+        # Its start is dated back over the rising windows (or, covered, is where the first ended),
+        # and it heard speech from them on.
+        assert (second.start, second.heard_from) == (start, 33 * W)
+
+
+def test_a_draft_waits_for_the_soft_tail_and_is_asked_again_when_a_soft_word_follows() -> None:
+    endpointer = Endpointer(settings(pad=W, drafts=True))
+    found = run(endpointer, [SPEECH] * 5 + [0.3, 0.25])
+    assert dues(found, "draft") == []  # the voice is still fading: its end is not known yet
+    [draft] = dues(run(endpointer, [QUIET], first=7), "draft")
+    assert draft.end == 8 * W
+    found = run(endpointer, [0.25, QUIET], first=8)  # a soft word after it, heard and over
+    assert found[0] == DraftVoid(0)
+    [again] = dues(found, "draft")
+    assert again.end == 10 * W
+    [final] = dues(run(endpointer, [QUIET] * 5, first=10), "final")
+    assert final.end == again.end  # the final's audio is the second draft's: it takes its recognition over
+
+
 def test_the_start_is_dated_back_over_the_rising_probability() -> None:
     endpointer = Endpointer(settings())
     found = run(endpointer, [QUIET] * 3 + [0.25, 0.3, 0.45] + [SPEECH] * 5 + [QUIET] * 10)

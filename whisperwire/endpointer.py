@@ -104,6 +104,10 @@ class _Utterance:
     next_partial_at: int | None
     windows: list[tuple[int, float]] = field(default_factory=list)  # (start, probability)
     silence_start: int | None = None
+    # In the silence being counted: where the last sound the VAD heard (a run of windows at or
+    # above the onset floor) fell back under it, and whether such a run is going on now.
+    heard_until: int = 0
+    heard_run: bool = False
     draft_asked: bool = False
 
 
@@ -170,17 +174,16 @@ class Endpointer:
         found: list[Boundary] = []
         if prob >= s.threshold - NEG_THRESHOLD_GAP:
             utterance.silence_start = None
-            if utterance.draft_asked:
-                utterance.draft_asked = False
-                found.append(DraftVoid(utterance.num))
-        elif utterance.silence_start is None:
-            utterance.silence_start = start
+            found += self._void_draft(utterance)
+        else:
+            found += self._tail(utterance, start, prob)
         if utterance.silence_start is not None:
-            final_end = utterance.silence_start + s.pad
+            final_end = utterance.heard_until + s.pad
             # At the length limit during a pause, the pause is where the utterance ends.
             if end - utterance.silence_start >= s.min_silence or end - utterance.start >= s.max_samples:
-                return found + self._end(min(final_end, end), speech_end=utterance.silence_start)
-            if s.drafts and drafts and not utterance.draft_asked and final_end <= end:
+                return found + self._end(min(final_end, end), speech_end=utterance.heard_until)
+            # While a sound is going on the final's end is not known: it may be a last word.
+            if s.drafts and drafts and not utterance.draft_asked and not utterance.heard_run and final_end <= end:
                 utterance.draft_asked = True
                 found.append(self._due("draft", utterance, final_end))
             return found
@@ -201,6 +204,34 @@ class Endpointer:
                 return []
             self._open_over_recent(start)
         return self._end(end)
+
+    def _tail(self, utterance: _Utterance, start: int, prob: float) -> list[Boundary]:
+        """A window of the silence being counted.
+
+        The silence is counted under ``threshold - 0.15``, but a soft last word (a speaker
+        trailing off, a name said quietly) is often scored between that and the onset floor.
+        A run of windows at or above the floor that has fallen back under it is the utterance's
+        own: its final's audio reaches the end of the run. A run still going on when the
+        silence window is over is the next utterance's first word, and is left to it.
+        """
+        heard = prob >= self._floor
+        if utterance.silence_start is None:
+            utterance.silence_start = utterance.heard_until = start
+            utterance.heard_run = heard
+            return []
+        if heard or not utterance.heard_run:
+            utterance.heard_run = utterance.heard_run or heard
+            return []
+        utterance.heard_run = False
+        utterance.heard_until = start
+        return self._void_draft(utterance)  # asked before the sound: its audio stops short of it
+
+    @staticmethod
+    def _void_draft(utterance: _Utterance) -> list[Boundary]:
+        if not utterance.draft_asked:
+            return []
+        utterance.draft_asked = False
+        return [DraftVoid(utterance.num)]
 
     @property
     def _floor(self) -> float:
@@ -247,6 +278,9 @@ class Endpointer:
         self._utterance = None
         end = max(end, utterance.start)
         self._last_end = end
+        # What was scored after the end (a sound left to the next utterance) is where the next
+        # one's start is dated from and what a finalize looks for.
+        self._recent.extend((s, p) for s, p in utterance.windows if s >= end)
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
         return [self._due("final", utterance, end, speech_end)]
@@ -262,6 +296,7 @@ class Endpointer:
         if cut is None:
             cut = end
         found = self._end(cut)
+        self._recent.clear()  # the windows after the cut go to the next utterance itself
         # The speech goes on: the next utterance starts right at the cut and keeps the
         # windows it has already seen.
         self._open(cut, [(s, p) for s, p in utterance.windows if s >= cut])
