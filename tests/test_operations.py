@@ -74,6 +74,9 @@ async def test_metrics_count_what_the_server_did(engine, vad, clips) -> None:
     assert value("whisperwire_drafts_total", outcome="wasted") <= value("whisperwire_inference_seconds_count", kind="draft")
     assert value("whisperwire_inference_seconds_count", kind="final") >= finals
     assert value("whisperwire_finals_batched_total") == 0  # --batch is 1 on a CPU
+    # Exported, and 0: with no partials shown, no final's words were taken back.
+    assert ("whisperwire_finals_recognised_again_total", ()) in values
+    assert value("whisperwire_finals_recognised_again_total") == 0
     assert value("whisperwire_inference_seconds_count", kind="partial") == 0
     assert value("whisperwire_errors_total", code="invalid_metadata") == 1
     assert value("whisperwire_rejected_sessions_total", reason="unauthorized") == 2

@@ -146,6 +146,24 @@ async def test_a_final_of_other_audio_drops_the_draft_and_a_withdrawn_draft_neve
     assert len(engine.calls) == 2 and scheduler.stats.drafts_withdrawn == 1
 
 
+async def test_a_final_recognised_again_leaves_the_next_utterance_s_partial_waiting(gated) -> None:
+    engine, scheduler = gated
+    scheduler.submit(request(engine, "z", "final"))
+    await started(engine)
+    partial = request(engine, "a", "partial", num=1)
+    partial_future = scheduler.submit(partial)
+    again = engine.track(InferenceRequest("a", "final", 0, np.zeros(16_000, dtype=np.float32), 0.0, OPTIONS, again=True))
+    again_future = scheduler.submit(again)
+    order = []
+    for _ in range(3):
+        engine.release()
+        if len(order) < 2:
+            order.append(await started(engine))
+    assert order == [again, partial]  # the final first, and the partial after it, not dropped
+    await asyncio.wait_for(asyncio.gather(again_future, partial_future), 10)
+    assert (scheduler.stats.finals_again, scheduler.stats.partials_superseded) == (1, 0)
+
+
 async def test_a_draft_withdrawn_once_it_has_begun_is_counted_wasted(gated) -> None:
     engine, scheduler = gated
     running = request(engine, "a", "draft")

@@ -708,3 +708,83 @@ def test_a_final_taking_over_its_draft_keeps_the_draft_s_context_and_prefix() ->
     [final] = requests(feed(session, silence(0.3)), "final")
     assert final.replaces == draft.request_id
     assert (final.offset_s, final.context_s, final.options.prefix) == (draft.offset_s, draft.context_s, None)
+
+
+# --------------------------------------------------------------------------- every word in its turn
+
+
+class SoftVAD(LevelVAD):
+    """LevelVAD, with a soft word: a peak of 0.02-0.05 scores 0.25, under the end threshold
+    (0.35) and over the onset floor (0.2), as Silero scores a speaker trailing off."""
+
+    def probabilities(self, audio: np.ndarray) -> np.ndarray:
+        probs = super().probabilities(audio)
+        peaks = np.abs(audio.reshape(-1, WINDOW)).max(axis=1)
+        return np.where((peaks > 0.02) & (peaks <= 0.05), 0.25, probs).astype(np.float32)
+
+
+def test_a_soft_last_word_is_in_its_own_final_and_the_draft_waits_for_it() -> None:
+    session = Session("sess-4", model=ENGLISH, count_tokens=len, new_vad=SoftVAD, draft_finals=True)
+    session.receive_text(json.dumps({"streaming_vad_config": {"min_silence_duration_ms": 500, "speech_pad_ms": 32}}), now=0.0)
+    # 1.024 s of speech, a soft word of 0.32 s, then silence.
+    events = feed(session, np.concatenate([speech(1.024), speech(0.32, level=0.04)]))
+    assert requests(events) == []  # the voice is still heard: where the final ends is not known yet
+    [draft] = requests(feed(session, silence(0.032)))  # fallen quiet: the soft word is over
+    # The draft's audio, and so the final's, reaches the soft word's end and the pad after it.
+    assert draft.kind == "draft" and draft.offset_s + len(draft.audio) / RATE == pytest.approx(1.024 + 0.32 + 0.032)
+    session.inference_done(draft, result("ask not what", words=True))
+    events = feed(session, silence(0.5))
+    assert requests(events) == []  # the draft is the final: not recognised again
+    [final] = messages(events)
+    assert final.is_final and final.transcript == "ask not what"
+
+
+def test_a_final_empty_after_its_partial_is_recognised_again_on_its_own_audio() -> None:
+    session = make_session(
+        streaming_params={"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5},
+        streaming_vad_config={"min_silence_duration_ms": 300},
+    )
+    session.inference_done(requests(feed(session, speech(1.5)), "partial")[0], result("okay"))
+    [first] = requests(feed(session, silence(0.4)), "final")
+    session.inference_done(first, result("okay.", start=0.1, words=True))
+    [shown] = messages(session.inference_done(requests(feed(session, speech(0.6)), "partial")[0], result("bye")))
+    assert (shown.transcription_num, shown.transcript) == (1, "bye")
+    [final] = requests(feed(session, silence(0.4)), "final")
+    assert final.options.prefix == " okay." and final.context_s > 0  # anchored on the words sent
+    # Anchored there, Whisper closed the text: no words. Once more, on the utterance's audio alone.
+    events = session.inference_done(final, result(""))
+    assert messages(events) == []  # the partial's words are not taken back yet
+    [again] = requests(events)
+    assert (again.kind, again.again, again.transcription_num) == ("final", True, 1)
+    assert (again.context_s, again.options.prefix, again.options.context) == (0.0, None, None)
+    assert np.array_equal(again.audio, own_audio(final)) and again.offset_s == pytest.approx(start_s(final))
+    assert again.speech_at and again.speech_at[0] == pytest.approx(final.speech_at[0] - final.context_s)
+    assert again.heard_from_s == pytest.approx(final.heard_from_s - final.context_s)
+    spoken = again.heard_from_s + 0.1  # in the retry's audio; its times are the stream's again
+    [message] = messages(session.inference_done(again, result("bye", start=spoken, words=True)))
+    assert (message.transcription_num, message.is_final, message.transcript) == (1, True, "bye")
+    assert message.segments[0].start_time == pytest.approx(start_s(final) + spoken, abs=1e-3)
+
+
+def test_a_final_is_recognised_again_once_and_only_after_a_partial_with_words() -> None:
+    params = {"enable_partial_transcripts": True, "partial_transcript_interval_s": 0.5}
+    vad = {"min_silence_duration_ms": 300}
+    # No partial was shown: an empty final is non-speech, skipped, not recognised again.
+    session = make_session(streaming_vad_config=vad)
+    [first] = requests(feed(session, np.concatenate([speech(1.0), silence(0.4)])))
+    session.inference_done(first, result("okay.", start=0.1, words=True))
+    [second] = requests(feed(session, np.concatenate([speech(0.6), silence(0.4)])))
+    assert second.context_s > 0 and session.inference_done(second, result("")) == []
+    # The stream's first utterance has no context to blame: its empty final goes out as it is.
+    session = make_session(streaming_params=params, streaming_vad_config=vad)
+    session.inference_done(requests(feed(session, speech(1.0)), "partial")[0], result("okay"))
+    [final] = requests(feed(session, silence(0.4)), "final")
+    assert final.context_s == 0 and final.options.prefix is None
+    [empty] = messages(session.inference_done(final, result("")))
+    assert (empty.is_final, empty.transcript) == (True, "")
+    # Recognised again and still empty: sent empty, the number closed; never a third time.
+    session.inference_done(requests(feed(session, speech(0.6)), "partial")[0], result("bye"))
+    [second] = requests(feed(session, silence(0.4)), "final")
+    [again] = requests(session.inference_done(second, result("")))
+    events = session.inference_done(again, result(""))
+    assert requests(events) == [] and [(m.is_final, m.transcript) for m in messages(events)] == [(True, "")]

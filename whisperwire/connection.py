@@ -390,7 +390,7 @@ class Connection:
         self.app.partials_dropped += dropped
 
     def _submit(self, request: InferenceRequest) -> None:
-        if request.kind == "final":
+        if request.kind == "final" and not request.again:  # a final asked again is late from the first ask
             self._final_asked[request.transcription_num] = self._arrived
         future = self.app.scheduler.submit(request)
         future.add_done_callback(lambda f: self._inference_over(request, f))

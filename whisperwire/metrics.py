@@ -27,6 +27,7 @@ class LiveState:
     partials_superseded: int
     drafts: dict[str, int]  # by outcome: promoted, withdrawn, wasted (scheduler.SchedulerStats)
     finals_batched: int
+    finals_again: int
     partials_dropped_slow_client: int
     send_buffer_bytes: int
 
@@ -70,6 +71,12 @@ class _Live(Collector):
             "whisperwire_finals_batched",
             "finals whose encoder window was encoded in one call with other waiting finals' (--batch)",
             value=state.finals_batched,
+        )
+        yield CounterMetricFamily(
+            "whisperwire_finals_recognised_again",
+            "finals recognised a second time on their utterance's audio alone, the first recognition "
+            "(with the previous words as context) having come back empty after a partial showed words",
+            value=state.finals_again,
         )
 
 

@@ -75,6 +75,7 @@ class Whisperwire:
                 "wasted": self.scheduler.stats.drafts_wasted,
             },
             finals_batched=self.scheduler.stats.finals_batched,
+            finals_again=self.scheduler.stats.finals_again,
             partials_dropped_slow_client=self.partials_dropped,
             send_buffer_bytes=sum(c.send_backlog for c in self.connections),
         )

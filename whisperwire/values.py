@@ -159,6 +159,9 @@ class InferenceRequest:
     # A partial the session owes before its utterance's final (audio that came faster than real
     # time): queued with the finals, so no newer partial or the final itself pushes it out.
     before_final: bool = False
+    # A final recognised again on its utterance's audio alone, its first recognition (with a left
+    # context or a prefix) having come back with no words after a partial showed some.
+    again: bool = False
     # Unique per request: dataclasses.replace() of a request makes a new one, with a new id.
     request_id: int = field(default_factory=lambda: next(_request_ids), init=False)
 
