@@ -14,6 +14,15 @@ speak in step. Measured:
   speech goes on;
 - WER against the manifest's references (Whisper's English normaliser), streaming (finals of
   each clip joined) and offline (each whole clip decoded once, 30 s windows, same model);
+- word delivery: each reference word the finals hold (the stream's finals and the references of
+  its clips aligned whole, so a word that rides in a later final is found there), the final that
+  carries it, and that final's arrival minus the wall time the word's last sample was sent
+  (offline Whisper's word times say when it was spoken); also minus the end of the speech of the
+  turn it was spoken in (the first speech stretch whose silence window ended after the word),
+  which for a word in its own turn's final is that final's latency. A word carried by the final
+  of a later turn is a late word;
+- per utterance with partials: an empty final after a partial with words, and the words of the
+  last partial its final lacks;
 - reference words the finals lack, and of those the ones at an utterance's edge: within 1 s of
   a final's start or end or of a stretch of speech the VAD marks, the reference words being
   dated by aligning them with the offline decode's word times; the same count for the offline
@@ -350,6 +359,8 @@ class StreamScore:
     utterances: list[UtteranceScore]
     hypotheses: dict[int, str]  # placed clip index -> finals joined
     edges: dict[int, list[float]] = field(default_factory=dict)  # clip index -> its finals' start and end, s into the clip
+    # Every final: its number, arrival (s after the stream's first frame), text, first start and last end.
+    final_log: list[tuple[str, float, str, float | None, float | None]] = field(default_factory=list)
     finals: int = 0
     partials: int = 0
     duplicated: int = 0
@@ -389,6 +400,10 @@ def score_stream(programme: Programme, log: StreamLog, partials_expected: bool, 
     finals = [s for s in log.seen if s.final]
     partials = [s for s in log.seen if not s.final]
     score.finals, score.partials = len(finals), len(partials)
+    score.final_log = [
+        (s.key, round(s.arrival - log.started, 3), s.text, s.spans[0][0] if s.spans else None, s.spans[-1][1] if s.spans else None)
+        for s in finals
+    ]
     keys = [s.key for s in finals]
     score.duplicated = len(keys) - len(set(keys))
     numbers = [int(k) for k in keys if k.isdigit()]
@@ -616,6 +631,8 @@ class RunResult:
     wall_s: float
     metrics: dict[tuple[str, str], float] | None = None  # whisperwire's /metrics at the end
     summary: dict[str, Any] = field(default_factory=dict)
+    logs: list[StreamLog] = field(default_factory=list)  # what each stream sent and saw
+    min_silence_s: float = 0.3  # the streams' silence window, which says when a turn was over
 
 
 # A reference word is deleted at an utterance's edge when it is aligned to no hypothesis word and
@@ -628,22 +645,24 @@ class Offline:
     """A clip decoded whole by faster-whisper: its text, and its normalised words' times."""
 
     text: str
-    words: list[tuple[str, float]]  # (normalised word, middle of the word, s into the clip)
+    words: list[tuple[str, float, float]]  # (normalised word, middle, end of the word), s into the clip
+    starts: list[float] = field(default_factory=list)  # where each word Whisper wrote starts, s into the clip
 
 
-def reference_times(reference: str, offline: Offline) -> list[float]:
-    """When each normalised reference word was spoken: the time of the offline word it aligns
-    with; words offline Whisper missed are spread evenly between their neighbours."""
+def reference_times(reference: str, offline: Offline, at_end: bool = False) -> list[float]:
+    """When each normalised reference word was spoken (its middle, or with ``at_end`` its end):
+    the time of the offline word it aligns with; words offline Whisper missed are spread evenly
+    between their neighbours."""
     import jiwer
 
     ref = normaliser()(reference).split()
     times: list[float | None] = [None] * len(ref)
     if ref and offline.words:
-        hyp = " ".join(w for w, _ in offline.words)
+        hyp = " ".join(w for w, _, _ in offline.words)
         for chunk in jiwer.process_words(" ".join(ref), hyp).alignments[0]:
             if chunk.type in ("equal", "substitute"):
                 for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
-                    times[chunk.ref_start_idx + k] = offline.words[chunk.hyp_start_idx + k][1]
+                    times[chunk.ref_start_idx + k] = offline.words[chunk.hyp_start_idx + k][2 if at_end else 1]
     known = [(i, t) for i, t in enumerate(times) if t is not None]
     if not known:
         return [0.0] * len(ref)
@@ -678,6 +697,105 @@ def clip_edges(score: StreamScore, programme: Programme, index: int) -> list[flo
     return edges
 
 
+@dataclass
+class Delivery:
+    """When each reference word a stream's finals hold reached the client, and in which turn."""
+
+    spoken_s: list[float] = field(default_factory=list)  # final's arrival - the word's last sample sent
+    after_turn_s: list[float] = field(default_factory=list)  # final's arrival - its turn's speech end sent
+    late: list[dict[str, Any]] = field(default_factory=list)  # words carried by a later turn's final
+    words: int = 0  # reference words
+    delivered: int = 0  # of them, aligned with a word of a final
+
+
+def word_delivery(programme: Programme, log: StreamLog, offline: dict[str, Offline], min_silence_s: float) -> Delivery:
+    """Each reference word of the stream, aligned with the words of all its finals at once (so a
+    word that rides in a later final, even one that belongs to the next clip, is found there):
+    which final carries it, when that final arrived, and whether that final is its turn's.
+
+    A word's turn is the first speech stretch (the server's rule, run offline) whose silence
+    window ended after the word did: the final due then is the one that should hold it. A final's
+    turn is the stretch its segments overlap most."""
+    import jiwer
+
+    normalise = normaliser()
+    delivery = Delivery()
+    ref_words: list[str] = []
+    ref_ends: list[float] = []  # stream seconds
+    for placed in programme.placed:
+        words = normalise(placed.clip.reference).split()
+        ref_words += words
+        ref_ends += [placed.start / SAMPLE_RATE + t for t in reference_times(placed.clip.reference, offline[placed.clip.file], at_end=True)]
+    delivery.words = len(ref_words)
+    finals = [s for s in log.seen if s.final]
+    hyp_words: list[str] = []
+    carrier: list[int] = []  # hypothesis word -> index of its final
+    for index, seen in enumerate(finals):
+        words = normalise(seen.text).split()
+        hyp_words += words
+        carrier += [index] * len(words)
+    if not ref_words or not hyp_words or not log.sent:
+        return delivery
+    regions = programme.regions
+    due = [r.end / SAMPLE_RATE + min_silence_s for r in regions]
+    bounds = [(r.start / SAMPLE_RATE, r.end / SAMPLE_RATE) for r in regions]
+    turn_of_final = [_nearest(seen.spans, bounds) for seen in finals]
+    for chunk in jiwer.process_words(" ".join(ref_words), " ".join(hyp_words)).alignments[0]:
+        if chunk.type not in ("equal", "substitute"):
+            continue
+        for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
+            i, final = chunk.ref_start_idx + k, carrier[chunk.hyp_start_idx + k]
+            arrival, spoken = finals[final].arrival, ref_ends[i]
+            delivery.delivered += 1
+            delivery.spoken_s.append(arrival - log.sent_at(max(0, round(spoken * SAMPLE_RATE) - 1)))
+            turn = bisect.bisect_left(due, spoken)
+            if turn == len(regions):
+                continue  # after the last stretch of speech the VAD marks: no turn to compare
+            delivery.after_turn_s.append(arrival - log.sent_at(regions[turn].end - 1))
+            carried = turn_of_final[final]
+            if carried is not None and carried > turn:
+                delivery.late.append({
+                    "word": ref_words[i], "spoken_s": round(spoken, 2), "turn_end_s": round(bounds[turn][1], 2),
+                    "final": finals[final].key, "final_text": finals[final].text,
+                })
+    return delivery
+
+
+@dataclass
+class TurnDefects:
+    """Per utterance that had a partial with words: what its final dropped of it."""
+
+    with_partial: int = 0  # utterances whose partial had words
+    empty_finals: int = 0  # of them, finals with no words (or no final at all)
+    lost_words: int = 0  # words of an utterance's last partial its final lacks (an alignment's deletions)
+    examples: list[dict[str, str]] = field(default_factory=list)
+
+
+def turn_defects(log: StreamLog) -> TurnDefects:
+    import jiwer
+
+    normalise = normaliser()
+    last_partial: dict[str, str] = {}
+    for seen in log.seen:
+        if not seen.final and normalise(seen.text).split():
+            last_partial[seen.key] = seen.text
+    final_text = {s.key: s.text for s in log.seen if s.final}
+    defects = TurnDefects(with_partial=len(last_partial))
+    for key, partial in last_partial.items():
+        final = normalise(final_text.get(key, "")).split()
+        words = normalise(partial).split()
+        if not final:
+            defects.empty_finals += 1
+            lost = len(words)
+        else:
+            chunks = jiwer.process_words(" ".join(words), " ".join(final)).alignments[0]
+            lost = sum(c.ref_end_idx - c.ref_start_idx for c in chunks if c.type == "delete")
+        defects.lost_words += lost
+        if lost:
+            defects.examples.append({"utterance": key, "partial": partial, "final": final_text.get(key, "(none)")})
+    return defects
+
+
 def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, Any]:
     admitted = [s for s in run.stream_scores if s.refused is None]
     utterances = [u for s in admitted for u in s.utterances]
@@ -705,6 +823,12 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
                 totals = by_clip.setdefault(placed.clip.file, [0, 0, 0, 0])
                 by_clip[placed.clip.file] = [a + b for a, b in zip(totals, counts)]
     long_utterances = [u for u in utterances if u.longest_partial_wait_s is not None]
+    delivered = [
+        word_delivery(programme, log, offline, run.min_silence_s)
+        for score, programme, log in zip(run.stream_scores, run.programmes, run.logs)
+        if offline is not None and score.refused is None and score.error is None
+    ]
+    defects = [turn_defects(log) for score, log in zip(run.stream_scores, run.logs) if score.refused is None]
     return {
         "system": run.system,
         "streams": run.streams,
@@ -727,6 +851,17 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "offline_edge_deletions": offline_at_edges if offline is not None else None,
         # Which clips the deletions are in: [stream's, at edges, offline's, offline's at edges].
         "deletions_by_clip": by_clip if offline is not None else None,
+        # Every reference word the finals hold: its final's arrival after the word was spoken, and
+        # after its turn's speech ended; words carried by a later turn's final.
+        "word_delivery_s": percentiles([t for d in delivered for t in d.spoken_s]) if offline is not None else None,
+        "word_after_turn_s": percentiles([t for d in delivered for t in d.after_turn_s]) if offline is not None else None,
+        "words_delivered": sum(d.delivered for d in delivered) if offline is not None else None,
+        "late_words": sum(len(d.late) for d in delivered) if offline is not None else None,
+        "late_word_list": [w for d in delivered for w in d.late] if offline is not None else None,
+        "utterances_with_partial": sum(d.with_partial for d in defects),
+        "empty_finals_after_partial": sum(d.empty_finals for d in defects),
+        "partial_words_lost": sum(d.lost_words for d in defects),
+        "partial_words_lost_list": [e for d in defects for e in d.examples],
         "fell_behind": sum(s.fell_behind for s in admitted),
         "duplicated_finals": sum(s.duplicated for s in admitted),
         "out_of_order_finals": sum(s.out_of_order for s in admitted),
@@ -791,7 +926,7 @@ def run_once(system: str, streams: int, clips: list[Clip], args: argparse.Namesp
     progress.update(task, completed=sum(p.seconds for p in programmes))
     partials_expected = system == "whisperlive" or args.partials  # WhisperLive always sends them
     scores = [score_stream(p, log, partials_expected, system == "whisperlive") for p, log in zip(programmes, logs)]
-    return RunResult(system, streams, scores, programmes, cpu, rss, wall, metrics)
+    return RunResult(system, streams, scores, programmes, cpu, rss, wall, metrics, logs=logs, min_silence_s=args.min_silence_ms / 1000)
 
 
 def _metadata(args: argparse.Namespace) -> dict[str, Any]:
@@ -819,13 +954,29 @@ def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarr
     for clip in clips:
         result = engine.transcribe(audio[clip.file].astype(np.float32) / 32768, options)
         words = [
-            (token, (w.start + w.end) / 2)
+            (token, (w.start + w.end) / 2, w.end)
             for segment in result.segments
             for w in segment.words or ()
             for token in normalise(w.word).split()
         ]
-        found[clip.file] = Offline(result.text, words)
+        # A word's start, or the previous word's end where the alignment starts it earlier.
+        spoken = [w for segment in result.segments for w in segment.words or ()]
+        starts = [max(w.start, before.end if before else 0.0) for before, w in zip([None, *spoken], spoken)]
+        found[clip.file] = Offline(result.text, words, starts)
     return found
+
+
+def fade_last_words(audio: dict[str, np.ndarray], offline: dict[str, Offline], db: float) -> dict[str, np.ndarray]:
+    """Each clip with its last word, as offline Whisper dates it, ``db`` dB quieter to the clip's
+    end: a speaker trailing off, whose last word the VAD scores low."""
+    faded = {}
+    for name, samples in audio.items():
+        words = offline[name].starts
+        at = round(words[-1] * SAMPLE_RATE) if words else len(samples)
+        out = samples.astype(np.float32)
+        out[at:] *= 10 ** (db / 20)
+        faded[name] = np.round(out).astype(np.int16)
+    return faded
 
 
 # --------------------------------------------------------------------------- reporting
@@ -853,6 +1004,28 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
         )
     console.print(table)
     console.print("latencies in seconds; final latency = final's arrival - wall time its speech's last sample was sent")
+    turns = Table(title="turns: which final carries each word, and when", show_lines=False)
+    for column in (
+        "system", "N", "final p50", "final p95", "word p50", "word p95", "word max", "after turn p50", "after turn p95",
+        "after turn max", "late words", "empty final after partial", "partial words lost", "WER stream",
+    ):
+        turns.add_column(column, justify="right")
+    for s in summaries:
+        fl, wd, at = s["final_latency_s"], s["word_delivery_s"] or {}, s["word_after_turn_s"] or {}
+        turns.add_row(
+            s["system"], str(s["streams"]), _fmt(fl["p50"]), _fmt(fl["p95"]), _fmt(wd.get("p50")), _fmt(wd.get("p95")),
+            _fmt(wd.get("max")), _fmt(at.get("p50")), _fmt(at.get("p95")), _fmt(at.get("max")),
+            "-" if s["late_words"] is None else str(s["late_words"]),
+            f"{s['empty_finals_after_partial']} of {s['utterances_with_partial']}", str(s["partial_words_lost"]),
+            _fmt(s["wer_streaming"], "{:.1%}"),
+        )
+    console.print(turns)
+    console.print("word = a final's arrival - wall time the word's last sample was sent; after turn = - the end of its turn's "
+                  "speech; late = carried by a later turn's final; the last two need --partials")
+    for s in summaries:
+        for word in (s["late_word_list"] or [])[:10]:
+            console.print(f"  late: {word['word']!r} spoken {word['spoken_s']:.2f} s (turn ended {word['turn_end_s']:.2f} s), "
+                          f"in final {word['final']}: {word['final_text']!r}")
     for s in summaries:
         if s.get("final_stages_mean_s"):
             parts = ", ".join(f"{k} {v:.3f}" for k, v in s["final_stages_mean_s"].items())
@@ -914,6 +1087,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--partials", action="store_true", help="ask for partial transcripts")
     parser.add_argument("--partial-interval", type=float, default=0.5, help="seconds between partials [%(default)s]")
     parser.add_argument("--min-silence-ms", type=int, default=300, help="the silence window [%(default)s]")
+    parser.add_argument("--fade-last-word", type=float, metavar="DB", help="play each clip with its last word DB dB quieter (e.g. -20): a speaker trailing off")
     parser.add_argument("--model", default="tiny.en", help="model of the servers started and of the offline decode [%(default)s]")
     parser.add_argument("--url", help="measure a running whisperwire server instead of starting one (no CPU numbers)")
     parser.add_argument("--api-key", default=os.environ.get("WHISPERWIRE_API_KEY"), help="[$WHISPERWIRE_API_KEY]")
@@ -953,6 +1127,8 @@ def run_bench(args: argparse.Namespace) -> int:
         console.print("error: --only-whisperlive needs --whisperlive-python")
         return 2
     audio = {c.file: np.frombuffer(decode_file(c.path, SAMPLE_RATE), dtype="<i2") for c in clips}
+    if args.fade_last_word is not None:
+        audio = fade_last_words(audio, offline_transcripts(clips, args.model, audio), args.fade_last_word)
     vad = SileroVAD()
     runs: list[RunResult] = []
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s audio"), TimeRemainingColumn())
