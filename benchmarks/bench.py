@@ -645,12 +645,12 @@ class Offline:
     """A clip decoded whole by faster-whisper: its text, and its normalised words' times."""
 
     text: str
-    words: list[tuple[str, float, float]]  # (normalised word, middle, end of the word), s into the clip
+    words: list[tuple[str, float, float, float]]  # (normalised word, middle, end, start of the word), s into the clip
     starts: list[float] = field(default_factory=list)  # where each word Whisper wrote starts, s into the clip
 
 
-def reference_times(reference: str, offline: Offline, at_end: bool = False) -> list[float]:
-    """When each normalised reference word was spoken (its middle, or with ``at_end`` its end):
+def reference_times(reference: str, offline: Offline, at: str = "middle") -> list[float]:
+    """When each normalised reference word was spoken (its middle, its "end" or its "start"):
     the time of the offline word it aligns with; words offline Whisper missed are spread evenly
     between their neighbours."""
     import jiwer
@@ -658,11 +658,12 @@ def reference_times(reference: str, offline: Offline, at_end: bool = False) -> l
     ref = normaliser()(reference).split()
     times: list[float | None] = [None] * len(ref)
     if ref and offline.words:
-        hyp = " ".join(w for w, _, _ in offline.words)
+        hyp = " ".join(w[0] for w in offline.words)
+        column = {"middle": 1, "end": 2, "start": 3}[at]
         for chunk in jiwer.process_words(" ".join(ref), hyp).alignments[0]:
             if chunk.type in ("equal", "substitute"):
                 for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
-                    times[chunk.ref_start_idx + k] = offline.words[chunk.hyp_start_idx + k][2 if at_end else 1]
+                    times[chunk.ref_start_idx + k] = offline.words[chunk.hyp_start_idx + k][column]
     known = [(i, t) for i, t in enumerate(times) if t is not None]
     if not known:
         return [0.0] * len(ref)
@@ -704,6 +705,7 @@ class Delivery:
     spoken_s: list[float] = field(default_factory=list)  # final's arrival - the word's last sample sent
     after_turn_s: list[float] = field(default_factory=list)  # final's arrival - its turn's speech end sent
     late: list[dict[str, Any]] = field(default_factory=list)  # words carried by a later turn's final
+    clip_last_s: list[float] = field(default_factory=list)  # spoken_s of each clip's last word
     words: int = 0  # reference words
     delivered: int = 0  # of them, aligned with a word of a final
 
@@ -714,18 +716,24 @@ def word_delivery(programme: Programme, log: StreamLog, offline: dict[str, Offli
     which final carries it, when that final arrived, and whether that final is its turn's.
 
     A word's turn is the first speech stretch (the server's rule, run offline) whose silence
-    window ended after the word did: the final due then is the one that should hold it. A final's
-    turn is the stretch its segments overlap most."""
+    window ended after the word began: what was said up to the moment a final was due belongs
+    to that final, a soft last word the VAD does not hear too. A final's turn is the stretch
+    its segments overlap most."""
     import jiwer
 
     normalise = normaliser()
     delivery = Delivery()
     ref_words: list[str] = []
     ref_ends: list[float] = []  # stream seconds
+    ref_starts: list[float] = []
+    last_words: set[int] = set()  # the index of each clip's last word
     for placed in programme.placed:
         words = normalise(placed.clip.reference).split()
         ref_words += words
-        ref_ends += [placed.start / SAMPLE_RATE + t for t in reference_times(placed.clip.reference, offline[placed.clip.file], at_end=True)]
+        last_words.add(len(ref_words) - 1)
+        found, at = offline[placed.clip.file], placed.start / SAMPLE_RATE
+        ref_ends += [at + t for t in reference_times(placed.clip.reference, found, at="end")]
+        ref_starts += [at + t for t in reference_times(placed.clip.reference, found, at="start")]
     delivery.words = len(ref_words)
     finals = [s for s in log.seen if s.final]
     hyp_words: list[str] = []
@@ -748,7 +756,9 @@ def word_delivery(programme: Programme, log: StreamLog, offline: dict[str, Offli
             arrival, spoken = finals[final].arrival, ref_ends[i]
             delivery.delivered += 1
             delivery.spoken_s.append(arrival - log.sent_at(max(0, round(spoken * SAMPLE_RATE) - 1)))
-            turn = bisect.bisect_left(due, spoken)
+            if i in last_words:
+                delivery.clip_last_s.append(delivery.spoken_s[-1])
+            turn = bisect.bisect_right(due, ref_starts[i])
             if turn == len(regions):
                 continue  # after the last stretch of speech the VAD marks: no turn to compare
             delivery.after_turn_s.append(arrival - log.sent_at(regions[turn].end - 1))
@@ -855,6 +865,7 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         # after its turn's speech ended; words carried by a later turn's final.
         "word_delivery_s": percentiles([t for d in delivered for t in d.spoken_s]) if offline is not None else None,
         "word_after_turn_s": percentiles([t for d in delivered for t in d.after_turn_s]) if offline is not None else None,
+        "clip_last_word_s": percentiles([t for d in delivered for t in d.clip_last_s]) if offline is not None else None,
         "words_delivered": sum(d.delivered for d in delivered) if offline is not None else None,
         "late_words": sum(len(d.late) for d in delivered) if offline is not None else None,
         "late_word_list": [w for d in delivered for w in d.late] if offline is not None else None,
@@ -872,6 +883,7 @@ def summarise(run: RunResult, offline: dict[str, Offline] | None) -> dict[str, A
         "final_stages_mean_s": final_stages(run.metrics) if run.metrics else None,
         "drafts": draft_outcomes(run.metrics) if run.metrics else None,
         "finals_batched": int(run.metrics.get(("whisperwire_finals_batched_total", ""), 0)) if run.metrics else None,
+        "finals_again": int(run.metrics.get(("whisperwire_finals_recognised_again_total", ""), 0)) if run.metrics else None,
         "server_cpu_s": run.server_cpu_s,
         "server_cores": run.server_cpu_s / run.wall_s if run.server_cpu_s is not None and run.wall_s else None,
         "server_peak_rss_mb": run.server_peak_rss_mb,
@@ -953,15 +965,14 @@ def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarr
     found: dict[str, Offline] = {}
     for clip in clips:
         result = engine.transcribe(audio[clip.file].astype(np.float32) / 32768, options)
-        words = [
-            (token, (w.start + w.end) / 2, w.end)
-            for segment in result.segments
-            for w in segment.words or ()
-            for token in normalise(w.word).split()
-        ]
         # A word's start, or the previous word's end where the alignment starts it earlier.
         spoken = [w for segment in result.segments for w in segment.words or ()]
         starts = [max(w.start, before.end if before else 0.0) for before, w in zip([None, *spoken], spoken)]
+        words = [
+            (token, (w.start + w.end) / 2, w.end, start)
+            for w, start in zip(spoken, starts)
+            for token in normalise(w.word).split()
+        ]
         found[clip.file] = Offline(result.text, words, starts)
     return found
 
@@ -1007,14 +1018,16 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
     turns = Table(title="turns: which final carries each word, and when", show_lines=False)
     for column in (
         "system", "N", "final p50", "final p95", "word p50", "word p95", "word max", "after turn p50", "after turn p95",
-        "after turn max", "late words", "empty final after partial", "partial words lost", "WER stream",
+        "after turn max", "clip's last word p50", "p95", "max", "late words", "empty final after partial", "partial words lost", "WER stream",
     ):
         turns.add_column(column, justify="right")
     for s in summaries:
         fl, wd, at = s["final_latency_s"], s["word_delivery_s"] or {}, s["word_after_turn_s"] or {}
+        cl = s["clip_last_word_s"] or {}
         turns.add_row(
             s["system"], str(s["streams"]), _fmt(fl["p50"]), _fmt(fl["p95"]), _fmt(wd.get("p50")), _fmt(wd.get("p95")),
             _fmt(wd.get("max")), _fmt(at.get("p50")), _fmt(at.get("p95")), _fmt(at.get("max")),
+            _fmt(cl.get("p50")), _fmt(cl.get("p95")), _fmt(cl.get("max")),
             "-" if s["late_words"] is None else str(s["late_words"]),
             f"{s['empty_finals_after_partial']} of {s['utterances_with_partial']}", str(s["partial_words_lost"]),
             _fmt(s["wer_streaming"], "{:.1%}"),
@@ -1031,7 +1044,7 @@ def print_table(summaries: list[dict[str, Any]], console: Any) -> None:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in s["final_stages_mean_s"].items())
             mean = s["final_latency_s"]["mean"]
             console.print(f"{s['system']} N={s['streams']} per final, mean s: speech end to sent {_fmt(mean, '{:.3f}')} (client); after asked: {parts}")
-            console.print(f"  drafts: {s['drafts']}; finals encoded in a batch: {s['finals_batched']}")
+            console.print(f"  drafts: {s['drafts']}; finals encoded in a batch: {s['finals_batched']}; recognised again alone: {s['finals_again']}")
 
 
 def _fmt(value: float | None, pattern: str = "{:.2f}") -> str:

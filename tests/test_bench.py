@@ -33,7 +33,7 @@ def test_bench_on_one_clip_and_one_stream_measures_the_final_and_writes_json_and
     # Every word of the sentence in its one final, none late, and the final not emptier than its partial.
     assert summary["words_delivered"] >= 9 and summary["word_delivery_s"]["n"] == summary["words_delivered"]
     assert summary["late_words"] == 0 and summary["empty_finals_after_partial"] == 0
-    assert summary["utterances_with_partial"] == 1
+    assert summary["utterances_with_partial"] == 1 and summary["clip_last_word_s"]["n"] == 1
     assert "which final carries each word" in done.stdout
     assert summary["server_cpu_s"] > 0 and summary["server_peak_rss_mb"] > 50
     # The final's time after it was asked for, in parts, from the server's metrics.
@@ -70,7 +70,7 @@ def test_each_word_is_scored_against_its_turn_s_final_and_a_late_one_is_named() 
     # frames sent one per 0.1 s from wall time 100, the silence window 0.3 s.
     clip = bench.Clip("c.wav", Path("c.wav"), 4.0, "the birch canoe slid on the planks")
     ends = [0.4, 0.9, 1.4, 2.9, 3.2, 3.5, 3.9]
-    offline = {"c.wav": bench.Offline("", [(w, e - 0.1, e) for w, e in zip(clip.reference.split(), ends)])}
+    offline = {"c.wav": bench.Offline("", [(w, e - 0.1, e, e - 0.2) for w, e in zip(clip.reference.split(), ends)])}
     programme = bench.Programme(b"", [bench.Placed(clip, 0, 4 * rate)], [bench.Region(0, 24_000), bench.Region(40_000, 64_000)])
     log = bench.StreamLog(frame_ends=[round((i + 1) * 0.1 * rate) for i in range(40)], sent=[100 + 0.1 * i for i in range(40)])
     # The first final leaves "canoe" out; the second carries it, late, 1.2 s after the first.
@@ -87,6 +87,8 @@ def test_each_word_is_scored_against_its_turn_s_final_and_a_late_one_is_named() 
     assert [(w["word"], w["final"]) for w in delivery.late] == [("canoe", "2")]
     # "the" ended at 0.4 s (sent at 100.3), and its final came at 102.0; its turn ended at 1.5 s.
     assert delivery.spoken_s[0] == pytest.approx(1.7) and delivery.after_turn_s[0] == pytest.approx(102.0 - 101.4)
+    # The clip's last word, "planks", ended at 3.9 s (sent at 103.8): its final came at 105.2.
+    assert delivery.clip_last_s == [pytest.approx(1.4)]
     defects = bench.turn_defects(log)
     # Three utterances showed words; the second's final came back empty, the first's lost one word.
     assert (defects.with_partial, defects.empty_finals) == (3, 1)
