@@ -114,6 +114,30 @@ def _letters(text: str) -> str:
     return _NOT_WORD.sub("", text).lower().replace("_", "")
 
 
+def alone(request: InferenceRequest, rate: int) -> InferenceRequest:
+    """The request on its own audio: no left context, no prefix, no previous text as prompt
+    (the user's prompt stays), its times still the stream's; marked ``again``."""
+    cut = round(request.context_s * rate)
+    shift = cut / rate
+
+    def moved(t: float | None) -> float | None:
+        return None if t is None else max(0.0, t - shift)
+
+    return replace(
+        request,
+        audio=request.audio[cut:],
+        offset_s=request.offset_s + shift,
+        options=replace(request.options, prefix=None, context=None),
+        speech_at=tuple(t - shift for t in request.speech_at if t >= shift),
+        speech_end_s=moved(request.speech_end_s),
+        heard_from_s=moved(request.heard_from_s),
+        context_s=0.0,
+        context_words=(),
+        replaces=None,
+        again=True,
+    )
+
+
 def last_words(text: str | None, n: int = 3) -> tuple[str, ...]:
     """The last ``n`` words of a final, normalised as repeat() compares them."""
     return tuple(_normal(w) for w in (text or "").split()[-n:] if _normal(w))

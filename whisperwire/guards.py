@@ -128,6 +128,17 @@ def final_result(request: InferenceRequest, result: Result) -> Result:
     return result
 
 
+def hear_alone(request: InferenceRequest, result: Result, *, shown: bool) -> bool:
+    """Whether a final is recognised once more on its own audio (context.alone): it came back
+    with no words, a partial of it had ``shown`` some, the VAD heard speech, and it was heard
+    after the previous words (left context, prefix or context prompt), which can lead Whisper
+    to close the text at their sentence's end ("... okay." then nothing for "bye"). Once only."""
+    if request.kind == "partial" or request.again or request.detect_only or not shown or not request.speech_at:
+        return False
+    anchored = request.context_s > 0 or request.options.prefix is not None or request.options.context is not None
+    return anchored and not final_result(request, result).text
+
+
 def uncovered_speech_s(request: InferenceRequest, covered: float) -> float:
     """Seconds of speech the VAD heard after ``covered`` (seconds from the request's audio[0])."""
     return sum(1 for start in request.speech_at if start >= covered) * WINDOW_SAMPLES / SAMPLE_RATE

@@ -389,44 +389,11 @@ class Session:
         return events + self._close_if_done()
 
     def _final_done(self, request: InferenceRequest, result: Result) -> list[Event]:
-        again = self._again(request, result)
-        if again is not None:
-            return [RunInference(again)]  # the entry waits for it; its first result is not sent
+        shown = self._finals.owes_final(request.transcription_num)
+        if self.state is not State.CLOSED and guards.hear_alone(request, result, shown=shown):
+            return [RunInference(context.alone(request, SAMPLE_RATE))]  # its entry waits for this one
         self._finals.done(request, result)
         return self._emit_finals()
-
-    def _again(self, request: InferenceRequest, result: Result) -> InferenceRequest | None:
-        """The final once more on its own audio, when its recognition came back with no words
-        although a partial showed some and the VAD heard speech.
-
-        A left context or a prefix that ends a sentence can lead Whisper to close the text
-        there: a short fragment after it ("... okay." then "bye") comes back empty, and the
-        client would see its partial's words taken back. Heard alone, the fragment's words
-        are recognised. Once only; the second result is sent whatever it says.
-        """
-        if request.kind == "partial" or request.again or request.detect_only or self.state is State.CLOSED:
-            return None
-        anchored = request.context_s > 0 or request.options.prefix is not None or request.options.context is not None
-        if not anchored or not request.speech_at or not self._finals.owes_final(request.transcription_num):
-            return None
-        if guards.final_result(request, result).text:
-            return None
-        cut, context_s = round(request.context_s * SAMPLE_RATE), request.context_s
-        moved = lambda t: None if t is None else max(0.0, t - context_s)  # noqa: E731
-        return replace(
-            request,
-            kind="final",
-            audio=request.audio[cut:],
-            offset_s=request.offset_s + cut / SAMPLE_RATE,
-            options=replace(request.options, prefix=None, context=None),
-            speech_at=tuple(t - context_s for t in request.speech_at if t >= context_s),
-            speech_end_s=moved(request.speech_end_s),
-            heard_from_s=moved(request.heard_from_s),
-            context_s=0.0,
-            context_words=(),
-            replaces=None,
-            again=True,
-        )
 
     def _owed_partial(self, request: InferenceRequest, result: Result) -> Transcription | None:
         result = guards.partial_result(request, result)
