@@ -645,12 +645,12 @@ class Offline:
     """A clip decoded whole by faster-whisper: its text, and its normalised words' times."""
 
     text: str
-    words: list[tuple[str, float, float, float]]  # (normalised word, middle, end, start of the word), s into the clip
+    words: list[tuple[str, float, float]]  # (normalised word, middle, end of the word), s into the clip
     starts: list[float] = field(default_factory=list)  # where each word Whisper wrote starts, s into the clip
 
 
 def reference_times(reference: str, offline: Offline, at: str = "middle") -> list[float]:
-    """When each normalised reference word was spoken (its middle, its "end" or its "start"):
+    """When each normalised reference word was spoken (its "middle" or its "end"):
     the time of the offline word it aligns with; words offline Whisper missed are spread evenly
     between their neighbours."""
     import jiwer
@@ -659,7 +659,7 @@ def reference_times(reference: str, offline: Offline, at: str = "middle") -> lis
     times: list[float | None] = [None] * len(ref)
     if ref and offline.words:
         hyp = " ".join(w[0] for w in offline.words)
-        column = {"middle": 1, "end": 2, "start": 3}[at]
+        column = {"middle": 1, "end": 2}[at]
         for chunk in jiwer.process_words(" ".join(ref), hyp).alignments[0]:
             if chunk.type in ("equal", "substitute"):
                 for k in range(chunk.ref_end_idx - chunk.ref_start_idx):
@@ -716,24 +716,23 @@ def word_delivery(programme: Programme, log: StreamLog, offline: dict[str, Offli
     which final carries it, when that final arrived, and whether that final is its turn's.
 
     A word's turn is the first speech stretch (the server's rule, run offline) whose silence
-    window ended after the word began: what was said up to the moment a final was due belongs
-    to that final, a soft last word the VAD does not hear too. A final's turn is the stretch
-    its segments overlap most."""
+    window ended after the word did: the final due then is the one that should hold it. (Not
+    where it began: Whisper's alignment starts the first word after a pause early, often at the
+    previous word's end.) A soft last word that outlasts the silence window is given to the
+    next turn, so late words are a lower bound; the clip's-last-word delivery sees those. A
+    final's turn is the stretch its segments overlap most."""
     import jiwer
 
     normalise = normaliser()
     delivery = Delivery()
     ref_words: list[str] = []
     ref_ends: list[float] = []  # stream seconds
-    ref_starts: list[float] = []
     last_words: set[int] = set()  # the index of each clip's last word
     for placed in programme.placed:
         words = normalise(placed.clip.reference).split()
         ref_words += words
         last_words.add(len(ref_words) - 1)
-        found, at = offline[placed.clip.file], placed.start / SAMPLE_RATE
-        ref_ends += [at + t for t in reference_times(placed.clip.reference, found, at="end")]
-        ref_starts += [at + t for t in reference_times(placed.clip.reference, found, at="start")]
+        ref_ends += [placed.start / SAMPLE_RATE + t for t in reference_times(placed.clip.reference, offline[placed.clip.file], at="end")]
     delivery.words = len(ref_words)
     finals = [s for s in log.seen if s.final]
     hyp_words: list[str] = []
@@ -758,7 +757,7 @@ def word_delivery(programme: Programme, log: StreamLog, offline: dict[str, Offli
             delivery.spoken_s.append(arrival - log.sent_at(max(0, round(spoken * SAMPLE_RATE) - 1)))
             if i in last_words:
                 delivery.clip_last_s.append(delivery.spoken_s[-1])
-            turn = bisect.bisect_right(due, ref_starts[i])
+            turn = bisect.bisect_left(due, spoken)
             if turn == len(regions):
                 continue  # after the last stretch of speech the VAD marks: no turn to compare
             delivery.after_turn_s.append(arrival - log.sent_at(regions[turn].end - 1))
@@ -969,9 +968,7 @@ def offline_transcripts(clips: list[Clip], model: str, audio: dict[str, np.ndarr
         spoken = [w for segment in result.segments for w in segment.words or ()]
         starts = [max(w.start, before.end if before else 0.0) for before, w in zip([None, *spoken], spoken)]
         words = [
-            (token, (w.start + w.end) / 2, w.end, start)
-            for w, start in zip(spoken, starts)
-            for token in normalise(w.word).split()
+            (token, (w.start + w.end) / 2, w.end) for w in spoken for token in normalise(w.word).split()
         ]
         found[clip.file] = Offline(result.text, words, starts)
     return found

@@ -70,7 +70,7 @@ def test_each_word_is_scored_against_its_turn_s_final_and_a_late_one_is_named() 
     # frames sent one per 0.1 s from wall time 100, the silence window 0.3 s.
     clip = bench.Clip("c.wav", Path("c.wav"), 4.0, "the birch canoe slid on the planks")
     ends = [0.4, 0.9, 1.4, 2.9, 3.2, 3.5, 3.9]
-    offline = {"c.wav": bench.Offline("", [(w, e - 0.1, e, e - 0.2) for w, e in zip(clip.reference.split(), ends)])}
+    offline = {"c.wav": bench.Offline("", [(w, e - 0.1, e) for w, e in zip(clip.reference.split(), ends)])}
     programme = bench.Programme(b"", [bench.Placed(clip, 0, 4 * rate)], [bench.Region(0, 24_000), bench.Region(40_000, 64_000)])
     log = bench.StreamLog(frame_ends=[round((i + 1) * 0.1 * rate) for i in range(40)], sent=[100 + 0.1 * i for i in range(40)])
     # The first final leaves "canoe" out; the second carries it, late, 1.2 s after the first.
