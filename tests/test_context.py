@@ -56,6 +56,11 @@ def test_a_repeat_of_the_previous_finals_last_words_at_the_cut_is_the_same_words
     # Further from the cut, a repeat is said again.
     result = words_result((" too.", 2.6), (" Bye.", 3.0))
     assert cut(final(context_s=2.0, previous="you too."), result).text == "too. Bye."
+    # ... unless the VAD had heard nothing of the utterance there yet: then it is the context's.
+    late = replace(final(context_s=2.0, previous="you too."), heard_from_s=2.9)
+    assert cut(late, result).text == "Bye."
+    # Said again where the VAD hears it, it is kept.
+    assert cut(replace(late, heard_from_s=2.6), result).text == "too. Bye."
 
 
 def test_only_words_of_the_context_give_an_empty_result() -> None:

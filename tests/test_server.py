@@ -167,6 +167,40 @@ async def test_terminate_flushes_buffered_speech_then_closes_1000(server, clips)
     assert received.close_code == 1000
 
 
+async def test_a_last_word_said_softly_is_in_its_own_turn_s_final(process_server, clips, engine) -> None:
+    # A speaker trailing off: the birch canoe sentence with its last word 20 dB down, a pause,
+    # then the sentence again at full voice. The VAD scores the soft word under the end
+    # threshold, so the silence is counted from its start; it is still this turn's last word,
+    # not the next turn's first ("...the smooth pls." then "planks. The birch canoe...").
+    from whisperwire.values import DecodeOptions
+
+    clip = clips["en_harvard_birch_canoe.wav"]
+    birch = read_wav(clip.path)
+    [*_, last] = [w for s in engine.transcribe(birch, DecodeOptions(language="en", word_timestamps=True)).segments for w in s.words]
+    assert words(last.word) == ["planks"]
+    soft = birch.copy()
+    soft[int(last.start * 16_000) :] *= 0.1
+    received = await stream(process_server.url, {}, s16le(np.concatenate([soft, pause(1.5), birch, SILENCE])))
+    first, second = (words(m["transcript"]) for m in received.finals)
+    # Whisper may hear the soft word less well ("plane"), but it is heard in its own turn.
+    assert first[:-1] == words(clip.reference)[:-1] and first[-1].startswith("pla"), received.finals
+    assert second == words(clip.reference), received.finals
+
+
+@pytest.mark.parametrize("name", ["en_harvard_birch_canoe.wav", "en_librispeech_1089-134686-0001.wav"])
+async def test_audio_cut_at_the_last_word_then_terminate_gets_every_word(process_server, clips, engine, name) -> None:
+    # No trailing silence at all: the stream ends as the last word does, and terminate flushes
+    # the utterance still open. Its final holds that last word.
+    from whisperwire.values import DecodeOptions
+
+    clip = clips[name]
+    audio = read_wav(clip.path)
+    [*_, last] = [w for s in engine.transcribe(audio, DecodeOptions(language="en", word_timestamps=True)).segments for w in s.words]
+    received = await stream(process_server.url, {}, s16le(audio[: int(last.end * 16_000)]))
+    assert received.close_code == 1000 and len(received.finals) == 1, received.messages
+    assert words(received.text)[-1] == words(clip.reference)[-1], received.text
+
+
 @pytest.mark.parametrize("variant", ["mulaw_8k", "f32_44k1", "alaw_22k05_legacy_schema"])
 async def test_other_encodings_give_the_same_words(server, clips, variant) -> None:
     clip = clips["en_jfk_inaugural_11s.wav"]

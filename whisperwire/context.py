@@ -32,8 +32,9 @@ PREFIX_WORDS = 8
 ANCHOR_GAP_S = 1.0
 # Word start times from the cross-attention alignment are a frame or two early at the cut.
 CUT_TOLERANCE_S = 0.05
-# A first word that repeats the previous final's last word and starts this close after the cut
-# is that word again, placed late by the alignment ("California. California").
+# A first word that repeats the previous final's last word and starts this close after the cut,
+# or before the VAD heard anything of the utterance, is that word again, placed late by the
+# alignment ("California. California", "Ranch. Ranch, California").
 REPEAT_WITHIN_S = 0.5
 
 _NOT_WORD = re.compile(r"[^\w']+")
@@ -146,11 +147,13 @@ def last_words(text: str | None, n: int = 3) -> tuple[str, ...]:
 def cut(request: InferenceRequest, result: Result) -> Result:
     """The result without the words of the request's left context (``request.context_s``)."""
     boundary = request.context_s - CUT_TOLERANCE_S
+    # Where a repeat is the context's word: near the cut, or where the utterance had no sound yet.
+    repeat_before = max(request.context_s + REPEAT_WITHIN_S, (request.heard_from_s or 0.0) - CUT_TOLERANCE_S)
     kept: list[SegmentResult] = []
     for segment in result.segments:
         words = [w for w in segment.words or () if w.start >= boundary]
         if not kept:
-            words = words[_repeats(words, request.context_words, request.context_s + REPEAT_WITHIN_S) :]
+            words = words[_repeats(words, request.context_words, repeat_before) :]
         if words:
             kept.append(_segment_of(segment, words))
     return replace(result, segments=tuple(kept))
