@@ -181,7 +181,11 @@ class Endpointer:
             final_end = utterance.heard_until + s.pad
             # At the length limit during a pause, the pause is where the utterance ends.
             if end - utterance.silence_start >= s.min_silence or end - utterance.start >= s.max_samples:
-                return found + self._end(min(final_end, end), speech_end=utterance.heard_until)
+                found += self._end(min(final_end, end), speech_end=utterance.heard_until)
+                # What was scored after the end (a sound left to the next utterance) is where the
+                # next one's start is dated from and what a finalize looks for.
+                self._recent.extend((w, p) for w, p in utterance.windows if w >= self._last_end)
+                return found
             # While a sound is going on the final's end is not known: it may be a last word.
             if s.drafts and drafts and not utterance.draft_asked and not utterance.heard_run and final_end <= end:
                 utterance.draft_asked = True
@@ -278,9 +282,6 @@ class Endpointer:
         self._utterance = None
         end = max(end, utterance.start)
         self._last_end = end
-        # What was scored after the end (a sound left to the next utterance) is where the next
-        # one's start is dated from and what a finalize looks for.
-        self._recent.extend((s, p) for s, p in utterance.windows if s >= end)
         if end == utterance.start:
             return []  # nothing to recognise; no number ever reached the client
         return [self._due("final", utterance, end, speech_end)]
@@ -296,7 +297,6 @@ class Endpointer:
         if cut is None:
             cut = end
         found = self._end(cut)
-        self._recent.clear()  # the windows after the cut go to the next utterance itself
         # The speech goes on: the next utterance starts right at the cut and keeps the
         # windows it has already seen.
         self._open(cut, [(s, p) for s, p in utterance.windows if s >= cut])

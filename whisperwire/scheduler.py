@@ -69,7 +69,7 @@ class SchedulerStats:
     drafts_withdrawn: int = 0  # dropped before running: the speech went on
     drafts_wasted: int = 0  # the speech went on after the draft had begun running
     finals_batched: int = 0  # finals whose first encoder window was encoded with other finals'
-    finals_again: int = 0  # finals recognised again on their own audio (session.py, _again)
+    finals_again: int = 0  # finals recognised again on their own audio (guards.hear_alone)
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,6 @@ class Scheduler:
             return
         # The final covers a waiting partial's audio: that partial would be dropped anyway. (A
         # final recognised again comes after its utterance: the next one's partial is not its.)
-        waiting = self._others.get(request.session_id)
         if waiting is not None and waiting.request.transcription_num == request.transcription_num:
             self._drop_other(request.session_id)
         self._finals.append(_Job(request, [(future, loop)], self.clock(), final=True))
